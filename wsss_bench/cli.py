@@ -1,0 +1,179 @@
+"""The ``wsss-bench`` command line: ``plugins``, ``run``, ``leaderboard``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import wsss_bench
+from wsss_bench.errors import UsageError
+
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    from wsss_bench.runner import RunConfig
+
+    d = RunConfig()
+    parser = ArgumentParser(prog="wsss-bench", description=(
+        "Benchmark weakly supervised segmentation from image-level labels: train classifiers, "
+        "make CAMs, ensemble and filter them, calibrate thresholds on training folds and score "
+        "on held-out folds."))
+    parser.add_argument("--version", action="version",
+                        version=f"wsss-bench {wsss_bench.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+
+    p = sub.add_parser("plugins", help="list every installed plugin object",
+                       description="List every dataset, backbone, CAM, ensemble and filter.")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+    r = sub.add_parser("run", help="run the benchmark and update the leaderboard",
+                       description="Evaluate each backbone alone and each ensemble over all "
+                                   "listed backbones, for every CAM and filter, by patient-level "
+                                   "k-fold cross-validation; print and store the leaderboard.")
+    r.add_argument("--dataset", default=d.dataset, help=f"dataset plugin (default {d.dataset})")
+    r.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+    r.add_argument("--backbones", type=_names, default=d.backbones,
+                   help=f"comma-separated backbones (default {','.join(d.backbones)})")
+    r.add_argument("--cams", type=_names, default=d.cams,
+                   help=f"comma-separated CAM methods (default {','.join(d.cams)})")
+    r.add_argument("--ensembles", type=_names, default=d.ensembles,
+                   help=f"comma-separated ensembles over all backbones; '' for none "
+                        f"(default {','.join(d.ensembles)})")
+    r.add_argument("--filters", type=_names, default=d.filters,
+                   help=f"comma-separated filters (default {','.join(d.filters)})")
+    r.add_argument("--folds", type=int, default=d.folds, help=f"k of k-fold (default {d.folds})")
+    r.add_argument("--epochs", type=_positive_int, default=d.epochs,
+                   help=f"training epochs (default {d.epochs})")
+    r.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+                   help=f"training batch size (default {d.batch_size})")
+    r.add_argument("--cam-batch-size", type=_positive_int, default=d.cam_batch_size,
+                   help=f"batch size for CAM generation (default {d.cam_batch_size})")
+    r.add_argument("--image-size", type=_positive_int, default=None,
+                   help="resize slices to N×N (default: the dataset's own size)")
+    r.add_argument("--threshold-step", type=float, default=d.threshold_step,
+                   help=f"threshold grid step; 1/step must be an integer "
+                        f"(default {d.threshold_step})")
+    r.add_argument("--select-by", default=d.select_by,
+                   help=f"metric that chooses the thresholds (default {d.select_by})")
+    r.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help="where to train and make CAMs (default auto: CUDA when available)")
+    r.add_argument("--workdir", default=d.workdir,
+                   help=f"folder for run artifacts such as folds.json (default {d.workdir})")
+    r.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
+                   help=f"where <dataset>.json and .md go (default {d.leaderboard_dir})")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+
+    lb = sub.add_parser("leaderboard", help="print a stored leaderboard",
+                        description="Print the leaderboard stored for a dataset.")
+    lb.add_argument("--dataset", required=True, help="dataset name")
+    lb.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
+                    help=f"where the leaderboards are (default {d.leaderboard_dir})")
+    lb.add_argument("--format", choices=["table", "md", "json"], default="table",
+                    help="table (rich, default), md or json")
+    return parser
+
+
+def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
+    from wsss_bench.registry import load_registry
+
+    registry = load_registry()
+    entries = [{"kind": e.kind, "name": e.name, "source": e.source, "description": e.description}
+               for e in registry.entries()]
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return
+    table = Table(title="wsss-bench plugins")
+    for col in ("kind", "name", "source", "description"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["kind"], e["name"], e["source"], e["description"])
+    out.print(table)
+
+
+def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None:
+    from wsss_bench import leaderboard
+    from wsss_bench.progress import Reporter
+    from wsss_bench.registry import load_registry
+    from wsss_bench.runner import RunConfig, run_and_publish
+
+    names = {f.name for f in fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    reporter = Reporter(quiet=args.quiet)
+    command = "wsss-bench " + shlex.join(argv)
+    board = run_and_publish(config, load_registry(), reporter, command=command)
+    out.print(leaderboard.rich_table(board))
+    json_path, md_path = leaderboard.paths(Path(config.leaderboard_dir), config.dataset)
+    reporter.summary(f"leaderboard written to {json_path} and {md_path}")
+
+
+def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
+    from wsss_bench import leaderboard
+
+    json_path, _ = leaderboard.paths(Path(args.leaderboard_dir), args.dataset)
+    board = leaderboard.load(json_path)
+    if args.format == "json":
+        print(json.dumps(board, indent=2))
+    elif args.format == "md":
+        print(leaderboard.render_markdown(board), end="")
+    else:
+        out.print(leaderboard.rich_table(board))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Console()
+    if args.command is None:
+        parser.print_help()
+        return 2
+    err = Console(stderr=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda m, *a, **k: err.print(f"warning: {m}", highlight=False)
+            if args.command == "plugins":
+                cmd_plugins(args, out)
+            elif args.command == "run":
+                cmd_run(args, out, argv)
+            else:
+                cmd_leaderboard(args, out)
+    except UsageError as exc:
+        print(f"wsss-bench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("wsss-bench: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The plugin contracts: what each kind of plugin object must provide.
+
+A plugin registers objects with a unique ``name`` and a one-line ``description``. The
+Protocols below are structural: any object with these attributes and methods qualifies.
+Arrays are NumPy unless a signature says ``torch.Tensor``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+KINDS = ("datasets", "backbones", "cams", "ensembles", "filters")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One patient: its 2-D slices after the dataset's preprocessing.
+
+    ``images`` is float32[S,C,H,W]; ``masks`` is bool[S,H,W] (True = lesion).
+    """
+
+    case_id: str
+    images: np.ndarray
+    masks: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.masks.ndim != 3:
+            raise ValueError(
+                f"case {self.case_id}: images must be [S,C,H,W] and masks [S,H,W], got "
+                f"{self.images.shape} and {self.masks.shape}"
+            )
+        s, _, h, w = self.images.shape
+        if self.masks.shape != (s, h, w):
+            raise ValueError(
+                f"case {self.case_id}: mask shape {self.masks.shape} does not match images "
+                f"{self.images.shape}"
+            )
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """Finds cases under a root folder (``None`` for generated data) and yields them."""
+
+    name: str
+    description: str
+    needs_data_dir: bool
+
+    def cases(self, data_dir: Path | None) -> Iterator[Case]: ...
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A classifier architecture and the layer whose activations CAMs are taken from."""
+
+    name: str
+    description: str
+
+    def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path) -> nn.Module: ...
+
+    def target_layer(self, model: nn.Module) -> nn.Module: ...
+
+
+@runtime_checkable
+class Cam(Protocol):
+    """A class activation map method.
+
+    ``cam(model, target_layer, images[B,C,H,W], target[B] | None) -> float[B,H,W]`` at input
+    resolution, in [0, 1] (ReLU, then per-sample min-max; a flat map is all 0, never NaN),
+    high = lesion. ``target=None`` means each sample's predicted class. Must leave no hooks
+    and no parameter ``.grad`` behind.
+    """
+
+    name: str
+    description: str
+
+    def cam(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module,
+        images: torch.Tensor,
+        target: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Ensemble(Protocol):
+    """Combines the binary masks of M >= 2 backbones: ``bool[M,B,H,W] -> bool[B,H,W]``."""
+
+    name: str
+    description: str
+
+    def combine(self, masks: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Filter(Protocol):
+    """The region of each slice where CAMs are kept: ``images[B,C,H,W] -> bool[B,H,W]``.
+
+    A learned filter may also define ``fit(images, masks)``, called on training slices only.
+    """
+
+    name: str
+    description: str
+
+    def region(self, images: np.ndarray) -> np.ndarray: ...

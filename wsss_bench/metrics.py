@@ -1,0 +1,152 @@
+"""Segmentation metrics from per-slice confusion counts.
+
+Every metric is computed from int64 confusion counts ``(tp, fp, fn, tn)`` per slice, so that
+scores of many candidate predictions (calibration) and of whole folds are cheap and exact.
+Names (used verbatim in code, JSON and leaderboards):
+
+- ``paper_miou``: counts pooled over all slices; mean of background IoU ``tn/(tn+fp+fn)`` and
+  foreground IoU ``tp/(tp+fp+fn)`` (the paper's SEAM/PuzzleCAM evaluation).
+- ``paper_dsc``: ``2m/(1+m)`` of ``m = paper_miou`` (the paper's "DSC" column; not a Dice).
+- ``dice_pooled``: foreground Dice ``2tp/(2tp+fp+fn)`` of the pooled counts.
+- ``dice_slice``: mean over slices of the per-slice foreground Dice.
+- ``dice_volume``: mean over cases of the Dice of each case's summed counts.
+
+Empty against empty is perfect agreement: a Dice or IoU whose denominator is 0 is 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+METRIC_NAMES = ("paper_miou", "paper_dsc", "dice_pooled", "dice_slice", "dice_volume")
+
+_POOLED = ("paper_miou", "paper_dsc", "dice_pooled")
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Return ``x`` as a NumPy array; torch tensors are detached and moved to the CPU."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if str(getattr(x, "dtype", "")) == "torch.bfloat16":  # NumPy has no bfloat16
+            x = x.float()
+    return np.asarray(x)
+
+
+def _as_bool(x: Any) -> np.ndarray:
+    a = to_numpy(x)
+    return a if a.dtype == np.bool_ else a != 0
+
+
+def slice_counts(pred: Any, gt: Any) -> np.ndarray:
+    """Per-slice confusion counts ``int64[N,4]`` with columns (tp, fp, fn, tn).
+
+    ``pred`` and ``gt`` are bool[N,H,W] (non-bool arrays count as ``!= 0``).
+    """
+    p, g = _as_bool(pred), _as_bool(gt)
+    if p.shape != g.shape or p.ndim != 3:
+        raise ValueError(
+            f"pred and gt must be bool[N,H,W] of the same shape, got pred {p.shape} and "
+            f"gt {g.shape}"
+        )
+    return _counts(p, g, np.count_nonzero(g, axis=(1, 2)))
+
+
+def _counts(pred: np.ndarray, gt: np.ndarray, gt_count: np.ndarray) -> np.ndarray:
+    """Counts of bool[N,H,W] ``pred`` against ``gt`` given ``gt``'s per-slice positives."""
+    n, h, w = pred.shape
+    tp = np.count_nonzero(pred & gt, axis=(1, 2))
+    n_pred = np.count_nonzero(pred, axis=(1, 2))
+    out = np.empty((n, 4), dtype=np.int64)
+    out[:, 0] = tp
+    out[:, 1] = n_pred - tp
+    out[:, 2] = gt_count - tp
+    out[:, 3] = h * w - n_pred - out[:, 2]
+    return out
+
+
+def foreground_dice(counts: np.ndarray) -> np.ndarray:
+    """Foreground Dice ``2tp/(2tp+fp+fn)`` of counts ``[...,4]``; 1 where the denominator is 0."""
+    c = np.asarray(counts, dtype=np.int64)
+    num = 2 * c[..., 0]
+    den = num + c[..., 1] + c[..., 2]
+    return np.divide(num, den, out=np.ones(den.shape), where=den != 0)
+
+
+def _iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    return np.divide(inter, union, out=np.ones(union.shape), where=union != 0)
+
+
+def case_indices(case_ids: Any, n: int) -> np.ndarray:
+    """Map ``n`` case ids (any sortable values; None = one case) to ints ``0..C-1``."""
+    if case_ids is None:
+        return np.zeros(n, dtype=np.int64)
+    ids = to_numpy(case_ids)
+    if ids.shape != (n,):
+        raise ValueError(f"case_ids must have shape ({n},), got {ids.shape}")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(ids, return_inverse=True)[1].reshape(n).astype(np.int64)
+
+
+def _case_sums(counts: np.ndarray, case_index: np.ndarray) -> np.ndarray:
+    """Sum counts ``[K,N,4]`` over the slices of each case present -> ``[K,C,4]``."""
+    _, inv = np.unique(case_index, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(inv, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(inv[order]) != 0])
+    return np.add.reduceat(counts[:, order], starts, axis=1)
+
+
+def metric_values(counts: Any, name: str, case_index: Any = None) -> np.ndarray:
+    """Evaluate metric ``name`` for K candidate predictions at once.
+
+    ``counts`` is int64[K,N,4] (per-slice (tp, fp, fn, tn) of each candidate); ``case_index``
+    is int[N], the case number of each slice (None = all one case). Cases are the distinct
+    values of ``case_index``. Returns float64[K].
+    """
+    c = to_numpy(counts)
+    if c.ndim != 3 or c.shape[2] != 4:
+        raise ValueError(f"counts must be [K,N,4], got shape {c.shape}")
+    if not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"counts must be integers, got {c.dtype}")
+    c = c.astype(np.int64, copy=False)
+    k, n, _ = c.shape
+    if n == 0:
+        raise ValueError("cannot score zero slices")
+    if name in _POOLED:
+        tp, fp, fn, tn = np.moveaxis(c.sum(axis=1, dtype=np.int64), -1, 0)
+        if name == "dice_pooled":
+            return foreground_dice(np.stack([tp, fp, fn], axis=-1))
+        miou = (_iou(tn, tn + fp + fn) + _iou(tp, tp + fp + fn)) / 2.0
+        return miou if name == "paper_miou" else 2.0 * miou / (1.0 + miou)
+    if name == "dice_slice":
+        return foreground_dice(c).sum(axis=1) / n
+    if name == "dice_volume":
+        if case_index is None:
+            per_case = c.sum(axis=1, dtype=np.int64)[:, None, :]
+        else:
+            idx = to_numpy(case_index)
+            if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
+                raise ValueError(f"case_index must be int[{n}], got {idx.dtype}{list(idx.shape)}")
+            per_case = _case_sums(c, idx)
+        return foreground_dice(per_case).sum(axis=1) / per_case.shape[1]
+    raise ValueError(f"unknown metric {name!r}; expected one of {METRIC_NAMES}")
+
+
+def metrics_from_counts(counts: Any, case_ids: Any = None) -> dict[str, float]:
+    """All five metrics (``METRIC_NAMES``) from per-slice counts ``int64[N,4]``.
+
+    ``case_ids`` (length N, or None = one case) groups slices into cases for ``dice_volume``.
+    """
+    c = to_numpy(counts)
+    if c.ndim != 2 or c.shape[1] != 4:
+        raise ValueError(f"counts must be [N,4], got shape {c.shape}")
+    idx = case_indices(case_ids, c.shape[0])
+    return {name: float(metric_values(c[None], name, idx)[0]) for name in METRIC_NAMES}
+
+
+def score(pred: Any, gt: Any, case_ids: Any = None) -> dict[str, float]:
+    """All five metrics of bool[N,H,W] ``pred`` against ``gt`` (slices grouped by ``case_ids``)."""
+    return metrics_from_counts(slice_counts(pred, gt), case_ids)

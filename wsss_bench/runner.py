@@ -1,0 +1,269 @@
+"""The main job: train, make CAMs, calibrate on training folds, score on held-out folds."""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsss_bench import atomic, calibration, leaderboard
+from wsss_bench.errors import UsageError
+from wsss_bench.folds import patient_folds
+from wsss_bench.metrics import METRIC_NAMES, score
+from wsss_bench.progress import Reporter
+from wsss_bench.provenance import run_info
+from wsss_bench.registry import Registry, resolve
+from wsss_bench.slices import SliceSet, collect
+from wsss_bench.training import TrainConfig, accuracy, resolve_device, train_classifier
+
+EMPTY = "Empty"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's numbers (stored in every leaderboard row)."""
+
+    dataset: str = "phantom"
+    data_dir: str | None = None
+    backbones: tuple[str, ...] = ("resnet18", "resnet34")
+    cams: tuple[str, ...] = ("gradcam",)
+    ensembles: tuple[str, ...] = ("and", "or")
+    filters: tuple[str, ...] = ("none",)
+    folds: int = 3
+    epochs: int = 4
+    batch_size: int = 16
+    image_size: int | None = None
+    threshold_step: float = 0.1
+    select_by: str = "paper_miou"
+    seed: int = 0
+    device: str = "auto"
+    workdir: str = "runs"
+    leaderboard_dir: str = "leaderboards"
+    cam_batch_size: int = 64
+
+    def validate(self) -> None:
+        for opt, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                           ("--cam-batch-size", self.cam_batch_size)):
+            if value < 1:
+                raise UsageError(f"{opt} {value}: must be at least 1")
+        if self.image_size is not None and self.image_size < 32:
+            raise UsageError(f"--image-size {self.image_size}: must be at least 32")
+        if not self.backbones:
+            raise UsageError("--backbones: name at least one backbone")
+        if not self.cams or not self.filters:
+            raise UsageError("--cams and --filters: name at least one each")
+        if len(set(self.backbones)) != len(self.backbones):
+            raise UsageError(f"--backbones {','.join(self.backbones)}: a backbone is listed twice")
+        if self.select_by not in METRIC_NAMES:
+            raise UsageError(f"--select-by {self.select_by}: choose one of "
+                             f"{', '.join(METRIC_NAMES)}")
+        try:
+            calibration.threshold_grid(self.threshold_step)
+        except ValueError as exc:
+            raise UsageError(f"--threshold-step {self.threshold_step}: {exc}") from None
+
+
+@dataclass
+class MethodResult:
+    """One leaderboard row in the making: per-fold thresholds and metrics."""
+
+    backbones: tuple[str, ...]
+    cam: str | None
+    ensemble: str | None
+    filter: str | None
+    thresholds: list[list[float] | None] = field(default_factory=list)
+    folds: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        if not self.backbones:
+            return EMPTY
+        core = (f"{self.ensemble}({','.join(self.backbones)})" if self.ensemble
+                else self.backbones[0])
+        return f"{core} / {self.cam} / {self.filter}"
+
+
+def derived_seed(*parts: object) -> int:
+    """A stable 31-bit seed from the run seed and the unit's identity."""
+    return zlib.crc32(json.dumps([str(p) for p in parts]).encode()) & 0x7FFFFFFF
+
+
+def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
+                 device: torch.device, advance) -> np.ndarray:
+    """CAMs float32[N,H,W] for every slice, in batches on ``device``."""
+    out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+        out[start : start + len(batch)] = cam.cam(model, target_layer, batch).float().cpu().numpy()
+        advance(len(batch))
+    return out
+
+
+def _regions(filt, data: SliceSet, train: np.ndarray) -> np.ndarray:
+    if hasattr(filt, "fit"):  # learned filters see the training slices only
+        filt.fit(data.images[train], data.masks[train])
+    return np.asarray(filt.region(data.images), dtype=bool)
+
+
+class Runner:
+    """Runs one configuration over all folds and returns leaderboard rows."""
+
+    def __init__(self, config: RunConfig, registry: Registry, reporter: Reporter | None = None):
+        config.validate()
+        self.config = config
+        self.reporter = reporter or Reporter(quiet=True)
+        self.dataset = registry.datasets.get_entry(config.dataset).obj
+        self.backbones = dict(zip(config.backbones,
+                                  resolve(registry, "backbones", list(config.backbones)),
+                                  strict=True))
+        self.cams = dict(zip(config.cams, resolve(registry, "cams", list(config.cams)),
+                             strict=True))
+        self.ensembles = dict(zip(config.ensembles,
+                                  resolve(registry, "ensembles", list(config.ensembles)),
+                                  strict=True))
+        self.filters = dict(zip(config.filters, resolve(registry, "filters", list(config.filters)),
+                                strict=True))
+        if self.ensembles and len(self.backbones) < 2:
+            raise UsageError("--ensembles needs at least 2 --backbones; pass more backbones or "
+                             "--ensembles ''")
+        try:
+            self.device = resolve_device(config.device)
+        except (ValueError, RuntimeError) as exc:
+            raise UsageError(str(exc)) from None
+        self.grid = calibration.threshold_grid(config.threshold_step)
+
+    def load_data(self) -> SliceSet:
+        data_dir = Path(self.config.data_dir) if self.config.data_dir else None
+        t0 = time.perf_counter()
+        data = collect(self.dataset, data_dir, self.config.image_size)
+        self.reporter.summary(
+            f"[bold]data[/] {self.config.dataset}: {len(set(data.case_ids.tolist()))} cases, "
+            f"{len(data)} slices of {data.images.shape[1]}×{data.images.shape[2]}×"
+            f"{data.images.shape[3]}, {data.labels.mean():.0%} with lesion, lesion pixels "
+            f"{data.masks.mean():.2%} ({time.perf_counter() - t0:.1f} s)")
+        return data
+
+    def write_folds(self, folds: list[list[str]]) -> None:
+        path = Path(self.config.workdir) / self.config.dataset / "folds.json"
+        atomic.write_text(path, json.dumps({"seed": self.config.seed, "folds": folds}, indent=2))
+
+    def run(self) -> tuple[list[dict[str, Any]], list[list[str]]]:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        data = self.load_data()
+        folds = patient_folds(data.case_ids, data.labels, cfg.folds, cfg.seed)
+        self.write_folds(folds)
+        results: dict[str, MethodResult] = {}
+        for fold, val_cases in enumerate(folds):
+            val = np.isin(data.case_ids, val_cases)
+            self._run_fold(data, fold, np.flatnonzero(~val), np.flatnonzero(val), results)
+        info = run_info(self.device, cfg.seed, asdict(cfg))
+        return [self._row(r, info) for r in results.values()], folds
+
+    def _run_fold(self, data: SliceSet, fold: int, train: np.ndarray, val: np.ndarray,
+                  results: dict[str, MethodResult]) -> None:
+        cfg = self.config
+        label = f"fold {fold + 1}/{cfg.folds}"
+        cams: dict[str, dict[str, np.ndarray]] = {c: {} for c in self.cams}
+        for b_name, backbone in self.backbones.items():
+            cams_for_backbone = self._train_and_map(data, fold, train, val, b_name, backbone, label)
+            for c_name, maps in cams_for_backbone.items():
+                cams[c_name][b_name] = maps
+        gt_train, gt_val = data.masks[train], data.masks[val]
+        ids_train, ids_val = data.case_ids[train], data.case_ids[val]
+        empty = results.setdefault(EMPTY, MethodResult((), None, None, None))
+        empty.thresholds.append(None)
+        empty.folds.append(score(np.zeros_like(gt_val), gt_val, ids_val))
+        units = [(c, f, e) for c in self.cams for f in self.filters
+                 for e in [None, *self.ensembles]]
+        t0 = time.perf_counter()
+        with self.reporter.task(f"calibrate {label}", total=len(units)) as advance:
+            for c_name, f_name, e_name in units:
+                region = _regions(self.filters[f_name], data, train)
+                groups = ([(b,) for b in self.backbones] if e_name is None
+                          else [tuple(self.backbones)])
+                for group in groups:
+                    stack = np.stack([cams[c_name][b] for b in group])
+                    ensemble = self.ensembles[e_name] if e_name else None
+                    found = calibration.grid_search(
+                        stack[:, train], gt_train, ensemble=ensemble, thresholds=self.grid,
+                        metric=cfg.select_by, case_ids=ids_train, region=region[train])
+                    pred = calibration.binarize(stack[:, val], found.thresholds, ensemble,
+                                                region[val])
+                    res = MethodResult(group, c_name, e_name, f_name)
+                    res = results.setdefault(res.method, res)
+                    res.thresholds.append([float(t) for t in found.thresholds])
+                    res.folds.append(score(pred, gt_val, ids_val))
+                advance(1)
+        best = max((r for r in results.values() if r.folds), key=lambda r: r.folds[-1]["paper_dsc"])
+        self.reporter.summary(
+            f"[bold]calibrate[/] {label}: {len(units)} (cam, filter, ensemble) units in "
+            f"{time.perf_counter() - t0:.1f} s; best on validation: {best.method} paper_dsc "
+            f"{best.folds[-1]['paper_dsc']:.4f} (Empty {empty.folds[-1]['paper_dsc']:.4f})")
+
+    def _train_and_map(self, data: SliceSet, fold: int, train: np.ndarray, val: np.ndarray,
+                       b_name: str, backbone, label: str) -> dict[str, np.ndarray]:
+        cfg = self.config
+        seed = derived_seed(cfg.seed, cfg.dataset, fold, b_name)
+        torch.manual_seed(seed)
+        model = backbone.build(in_chans=data.images.shape[1], num_classes=2, pretrained=False)
+        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
+        steps = cfg.epochs * -(-len(train) // cfg.batch_size)
+        t0 = time.perf_counter()
+        with self.reporter.task(f"train {b_name} {label}", total=steps) as advance:
+            result = train_classifier(model, data.images[train], data.labels[train], tcfg,
+                                      self.device, on_step=lambda _e, _l: advance(1))
+        val_acc = _accuracy(result.model, data, val, self.device, cfg.cam_batch_size)
+        self.reporter.summary(
+            f"[bold]train[/] {b_name} {label}: {cfg.epochs} epochs, loss "
+            f"{result.losses[0]:.3f} → {result.losses[-1]:.3f}, accuracy train "
+            f"{result.train_accuracy:.2f} / val {val_acc:.2f} ({time.perf_counter() - t0:.1f} s)")
+        target_layer = backbone.target_layer(model)
+        maps: dict[str, np.ndarray] = {}
+        for c_name, cam in self.cams.items():
+            t0 = time.perf_counter()
+            with self.reporter.task(f"{c_name} {b_name} {label}", total=len(data)) as advance:
+                maps[c_name] = compute_cams(cam, model, target_layer, data.images,
+                                            cfg.cam_batch_size, self.device, advance)
+            self.reporter.summary(f"[bold]cams[/] {c_name} {b_name} {label}: {len(data)} maps "
+                                  f"({time.perf_counter() - t0:.1f} s)")
+        return maps
+
+    def _row(self, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
+        metrics = {}
+        for name in METRIC_NAMES:
+            values = [f[name] for f in res.folds]
+            metrics[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                             "folds": values}
+        return {
+            "method": res.method,
+            "backbones": list(res.backbones),
+            "cam": res.cam,
+            "ensemble": res.ensemble,
+            "filter": res.filter,
+            "thresholds": res.thresholds,
+            "metrics": metrics,
+            "source": "measured",
+            "run": info,
+        }
+
+
+def _accuracy(model, data: SliceSet, index: np.ndarray, device: torch.device,
+              batch_size: int) -> float:
+    x = torch.from_numpy(data.images[index])
+    y = torch.from_numpy(data.labels[index])
+    return accuracy(model, x, y, device, batch_size)
+
+
+def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
+                    command: str | None = None) -> dict[str, Any]:
+    """Run ``config`` and merge its rows into ``<leaderboard_dir>/<dataset>.json`` and ``.md``."""
+    rows, folds = Runner(config, registry, reporter).run()
+    header = {"split": folds, "split_seed": config.seed, "command": command}
+    return leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header)

@@ -1,0 +1,98 @@
+"""Classifier training as the authors did it: SGD, cross-entropy over {no lesion, lesion}."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 16
+    lr: float = 1e-3
+    momentum: float = 0.9
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    train_accuracy: float = 0.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a ValueError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(device)
+
+
+def train_classifier(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``images`` float[N,C,H,W] with slice labels int[N]; keep the last epoch.
+
+    Shuffling uses its own seeded generator, so the order depends only on ``config.seed``.
+    ``on_step(epoch, loss)`` is called after every batch.
+    """
+    seed_everything(config.seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    order_rng = torch.Generator().manual_seed(config.seed)
+    result = TrainResult(model=model)
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(x_all), generator=order_rng)
+        total, count = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            if len(idx) < 2 and len(order) > 1:  # BatchNorm cannot train on one sample
+                continue
+            x, y = x_all[idx].to(device), y_all[idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+            if on_step is not None:
+                on_step(epoch, float(loss))
+        result.losses.append(total / max(count, 1))
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    result.train_accuracy = accuracy(model, x_all, y_all, device, config.batch_size)
+    return result
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+             batch_size: int) -> float:
+    """Fraction of slices whose predicted class equals the label (eval mode)."""
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == y[start : start + batch_size]).sum())
+    return correct / max(len(x), 1)

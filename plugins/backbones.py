@@ -37,14 +37,20 @@ class TimmBackbone:
     model_name: str
     description: str
 
-    def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path = False
-              ) -> nn.Module:
+    def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path = False,
+              output_stride: int = 32) -> nn.Module:
+        """The classifier; ``pretrained`` is False, True (timm's hub) or a local weights file.
+
+        ``output_stride`` 16 or 8 dilates the last stages (finer CAMs, same parameters).
+        """
         local = pretrained if isinstance(pretrained, str | Path) else None
+        extra = {} if output_stride == 32 else {"output_stride": output_stride}
         model = timm.create_model(
             self.model_name,
             pretrained=bool(pretrained) and local is None,
             in_chans=in_chans,
             num_classes=num_classes,
+            **extra,
         )
         if local is not None:
             load_local_weights(model, Path(local))

@@ -21,7 +21,9 @@ from wsss_bench.hookspecs import Register
 _REF_SIZE = 64  # lengths below are in pixels at this slice size and scale with ``size``
 _BACKGROUND = 0.03
 _LESION_COUNT_P = (0.1, 0.45, 0.45)  # probability of 0, 1, 2 lesions in a case
-_MIN_LESION_RADIUS = 2.0  # pixels, absolute: every positive slice shows a visible spot
+_LESION_RADIUS = (6.0, 13.0)  # pixels at _REF_SIZE
+_LESION_CONTRAST = (0.25, 0.5)  # added to an organ at about 0.43, before the bias field
+_MIN_LESION_RADIUS = 3.0  # pixels, absolute: every positive slice shows a visible spot
 
 
 def _smooth_noise(
@@ -165,7 +167,7 @@ class Phantom:
         for _ in range(n_lesions):
             span = int(np.clip(round(rng.uniform(0.3, 0.6) * n_s), 2, n_s)) if n_s > 1 else 1
             z0 = int(rng.integers(0, n_s - span + 1))
-            radius = rng.uniform(3.0, 10.0) * scale
+            radius = rng.uniform(_LESION_RADIUS[0], _LESION_RADIUS[1]) * scale
             half = (span - 1) / 2
             t = (np.arange(span) - half) / (half + 0.5)
             radii = np.maximum(radius * np.sqrt(1 - t**2), _MIN_LESION_RADIUS)
@@ -177,7 +179,7 @@ class Phantom:
             lx = cx + uc * ax * cos_r - vc * ay * sin_r
             shape = _harmonics(rng, 0.12, range(2, 5))
             drift = rng.uniform(-0.4, 0.4)  # shape rotates slowly through the slices
-            amount = rng.uniform(0.15, 0.38) * self.contrast
+            amount = rng.uniform(_LESION_CONTRAST[0], _LESION_CONTRAST[1]) * self.contrast
             reach_px = int(np.ceil(radii.max() * 1.4 + 2))  # bounding box of the blob
             y0, y1 = max(int(ly) - reach_px, 0), min(int(ly) + reach_px + 1, size)
             x0, x1 = max(int(lx) - reach_px, 0), min(int(lx) + reach_px + 1, size)

@@ -18,7 +18,6 @@ import wsss_bench
 from wsss_bench.errors import UsageError
 
 
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (and exit status 2)."""
 
@@ -77,6 +76,16 @@ def build_parser() -> ArgumentParser:
                    help=f"batch size for CAM generation (default {d.cam_batch_size})")
     r.add_argument("--image-size", type=_positive_int, default=None,
                    help="resize slices to N×N (default: the dataset's own size)")
+    r.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate (default {d.lr})")
+    r.add_argument("--cam-target", choices=["predicted", "positive"], default=d.cam_target,
+                   help="class the CAM explains: the lesion class, or each slice's predicted "
+                        f"class as in the paper's code (default {d.cam_target})")
+    r.add_argument("--gate", action=argparse.BooleanOptionalAction, default=d.gate,
+                   help="zero the CAM of slices the classifier predicts lesion-free, as "
+                        "WSS-CMER does (default off)")
+    r.add_argument("--output-stride", choices=["auto", "8", "16", "32"], default=d.output_stride,
+                   help="backbone output stride: auto = 32 unless the CAM grid would have "
+                        "fewer than 4 cells a side (default auto)")
     r.add_argument("--threshold-step", type=float, default=d.threshold_step,
                    help=f"threshold grid step; 1/step must be an integer "
                         f"(default {d.threshold_step})")
@@ -89,6 +98,8 @@ def build_parser() -> ArgumentParser:
                    help=f"folder for run artifacts such as folds.json (default {d.workdir})")
     r.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
                    help=f"where <dataset>.json and .md go (default {d.leaderboard_dir})")
+    r.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                   help="set a plugin option, e.g. phantom.n_cases=12 (repeatable)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
 
     lb = sub.add_parser("leaderboard", help="print a stored leaderboard",
@@ -120,12 +131,18 @@ def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
 
 def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None:
     from wsss_bench import leaderboard
+    from wsss_bench.options import parse
     from wsss_bench.progress import Reporter
     from wsss_bench.registry import load_registry
     from wsss_bench.runner import RunConfig, run_and_publish
 
     names = {f.name for f in fields(RunConfig)}
-    config = RunConfig(**{k: v for k, v in vars(args).items() if k in names})
+    plugin_options: dict[str, dict[str, str]] = {}
+    for text in args.option:
+        plugin, key, value = parse(text)
+        plugin_options.setdefault(plugin, {})[key] = value
+    values = {k: v for k, v in vars(args).items() if k in names}
+    config = RunConfig(**values, options=plugin_options)
     reporter = Reporter(quiet=args.quiet)
     command = "wsss-bench " + shlex.join(argv)
     board = run_and_publish(config, load_registry(), reporter, command=command)

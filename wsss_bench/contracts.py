@@ -57,12 +57,17 @@ class Dataset(Protocol):
 
 @runtime_checkable
 class Backbone(Protocol):
-    """A classifier architecture and the layer whose activations CAMs are taken from."""
+    """A classifier architecture and the layer whose activations CAMs are taken from.
+
+    ``build`` may also accept ``output_stride`` (16 or 8: dilated last stages for finer CAMs);
+    the runner passes it only when a run asks for a stride other than 32.
+    """
 
     name: str
     description: str
 
-    def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path) -> nn.Module: ...
+    def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path
+              ) -> nn.Module: ...
 
     def target_layer(self, model: nn.Module) -> nn.Module: ...
 

@@ -35,7 +35,8 @@ def load(path: Path) -> dict[str, Any]:
         raise UsageError(f"no leaderboard at {path}; run `wsss-bench run` first or pass "
                          f"--leaderboard-dir") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: not a readable leaderboard ({exc}); delete or restore it")
+        raise UsageError(f"{path}: not a readable leaderboard ({exc}); delete or restore it"
+                         ) from None
     if not isinstance(board, dict) or not isinstance(board.get("rows"), list):
         raise UsageError(f"{path}: not a wsss-bench leaderboard (no 'rows' list); delete or "
                          f"restore it")

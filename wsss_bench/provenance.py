@@ -23,8 +23,9 @@ def git_commit() -> str | None:
     commit = out.stdout.strip()
     if out.returncode != 0 or not commit:
         return None
-    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5, check=False).stdout.strip()
+    status = ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"]
+    dirty = subprocess.run(status, capture_output=True, text=True, timeout=5,
+                           check=False).stdout.strip()
     return commit + ("-dirty" if dirty else "")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsss_bench import atomic, calibration, leaderboard
+from wsss_bench import atomic, calibration, leaderboard, options
 from wsss_bench.errors import UsageError
 from wsss_bench.folds import patient_folds
 from wsss_bench.metrics import METRIC_NAMES, score
@@ -20,9 +20,12 @@ from wsss_bench.progress import Reporter
 from wsss_bench.provenance import run_info
 from wsss_bench.registry import Registry, resolve
 from wsss_bench.slices import SliceSet, collect
-from wsss_bench.training import TrainConfig, accuracy, resolve_device, train_classifier
+from wsss_bench.training import TrainConfig, resolve_device, train_classifier
 
 EMPTY = "Empty"
+CAM_TARGETS = ("predicted", "positive")
+OUTPUT_STRIDES = ("auto", "8", "16", "32")
+MIN_CAM_CELLS = 4  # `--output-stride auto`: the CAM grid gets at least this many cells a side
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class RunConfig:
     ensembles: tuple[str, ...] = ("and", "or")
     filters: tuple[str, ...] = ("none",)
     folds: int = 3
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 16
     image_size: int | None = None
     threshold_step: float = 0.1
@@ -46,12 +49,19 @@ class RunConfig:
     workdir: str = "runs"
     leaderboard_dir: str = "leaderboards"
     cam_batch_size: int = 64
+    cam_target: str = "positive"
+    gate: bool = False
+    output_stride: str = "auto"
+    lr: float = 1e-3
+    options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def validate(self) -> None:
         for opt, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
                            ("--cam-batch-size", self.cam_batch_size)):
             if value < 1:
                 raise UsageError(f"{opt} {value}: must be at least 1")
+        if self.folds < 2:
+            raise UsageError(f"--folds {self.folds}: cross-validation needs at least 2 folds")
         if self.image_size is not None and self.image_size < 32:
             raise UsageError(f"--image-size {self.image_size}: must be at least 32")
         if not self.backbones:
@@ -60,6 +70,14 @@ class RunConfig:
             raise UsageError("--cams and --filters: name at least one each")
         if len(set(self.backbones)) != len(self.backbones):
             raise UsageError(f"--backbones {','.join(self.backbones)}: a backbone is listed twice")
+        if self.cam_target not in CAM_TARGETS:
+            raise UsageError(f"--cam-target {self.cam_target}: choose one of "
+                             f"{', '.join(CAM_TARGETS)}")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise UsageError(f"--output-stride {self.output_stride}: choose one of "
+                             f"{', '.join(OUTPUT_STRIDES)}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr {self.lr}: must be positive")
         if self.select_by not in METRIC_NAMES:
             raise UsageError(f"--select-by {self.select_by}: choose one of "
                              f"{', '.join(METRIC_NAMES)}")
@@ -94,15 +112,45 @@ def derived_seed(*parts: object) -> int:
     return zlib.crc32(json.dumps([str(p) for p in parts]).encode()) & 0x7FFFFFFF
 
 
+def auto_output_stride(image_size: int) -> int:
+    """The largest of 32, 16, 8 that leaves the CAM grid at least MIN_CAM_CELLS a side.
+
+    32 (the plain ResNet) for the paper's 128×128 BraTS crops and 320×320 prostate slices; a
+    finer stride only for small images, where a 2×2 grid could not localise anything.
+    """
+    for stride in (32, 16):
+        if image_size // stride >= MIN_CAM_CELLS:
+            return stride
+    return 8
+
+
 def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
-                 device: torch.device, advance) -> np.ndarray:
-    """CAMs float32[N,H,W] for every slice, in batches on ``device``."""
+                 device: torch.device, advance, target: str = "predicted",
+                 gate: np.ndarray | None = None) -> np.ndarray:
+    """CAMs float32[N,H,W] for every slice, in batches on ``device``.
+
+    ``target`` is ``predicted`` (each slice's predicted class, the paper) or ``positive`` (the
+    lesion class). ``gate`` bool[N] zeroes the maps of slices predicted negative (WSS-CMER).
+    """
     out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device)
-        out[start : start + len(batch)] = cam.cam(model, target_layer, batch).float().cpu().numpy()
+        classes = (None if target == "predicted"
+                   else torch.ones(len(batch), dtype=torch.long, device=device))
+        out[start : start + len(batch)] = (
+            cam.cam(model, target_layer, batch, classes).float().cpu().numpy())
         advance(len(batch))
+    if gate is not None:
+        out[~gate] = 0.0
     return out
+
+
+@torch.no_grad()
+def predict(model, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Predicted class int64[N] of every slice (eval mode)."""
+    out = [model(torch.from_numpy(images[s : s + batch_size]).to(device)).argmax(1).cpu()
+           for s in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy()
 
 
 def _regions(filt, data: SliceSet, train: np.ndarray) -> np.ndarray:
@@ -118,17 +166,17 @@ class Runner:
         config.validate()
         self.config = config
         self.reporter = reporter or Reporter(quiet=True)
-        self.dataset = registry.datasets.get_entry(config.dataset).obj
-        self.backbones = dict(zip(config.backbones,
-                                  resolve(registry, "backbones", list(config.backbones)),
-                                  strict=True))
-        self.cams = dict(zip(config.cams, resolve(registry, "cams", list(config.cams)),
-                             strict=True))
-        self.ensembles = dict(zip(config.ensembles,
-                                  resolve(registry, "ensembles", list(config.ensembles)),
-                                  strict=True))
-        self.filters = dict(zip(config.filters, resolve(registry, "filters", list(config.filters)),
-                                strict=True))
+        self.dataset = self._plugins(registry, "datasets", (config.dataset,))[config.dataset]
+        self.backbones = self._plugins(registry, "backbones", config.backbones)
+        self.cams = self._plugins(registry, "cams", config.cams)
+        self.ensembles = self._plugins(registry, "ensembles", config.ensembles)
+        self.filters = self._plugins(registry, "filters", config.filters)
+        used = {config.dataset, *config.backbones, *config.cams, *config.ensembles,
+                *config.filters}
+        for plugin in config.options:
+            if plugin not in used:
+                raise UsageError(f"--option {plugin}.…: this run uses no plugin called "
+                                 f"{plugin!r}; check the name or add it to the run")
         if self.ensembles and len(self.backbones) < 2:
             raise UsageError("--ensembles needs at least 2 --backbones; pass more backbones or "
                              "--ensembles ''")
@@ -138,16 +186,22 @@ class Runner:
             raise UsageError(str(exc)) from None
         self.grid = calibration.threshold_grid(config.threshold_step)
 
+    def _plugins(self, registry: Registry, kind: str, names: tuple[str, ...]) -> dict[str, Any]:
+        """The named plugin objects of ``kind``, configured with the run's ``--option``s."""
+        objs = resolve(registry, kind, list(names))
+        return {n: options.configure(o, self.config.options.get(n, {}))
+                for n, o in zip(names, objs, strict=True)}
+
     def load_data(self) -> SliceSet:
         data_dir = Path(self.config.data_dir) if self.config.data_dir else None
-        t0 = time.perf_counter()
-        data = collect(self.dataset, data_dir, self.config.image_size)
+        return collect(self.dataset, data_dir, self.config.image_size)
+
+    def summarize_data(self, data: SliceSet, seconds: float) -> None:
         self.reporter.summary(
             f"[bold]data[/] {self.config.dataset}: {len(set(data.case_ids.tolist()))} cases, "
             f"{len(data)} slices of {data.images.shape[1]}×{data.images.shape[2]}×"
             f"{data.images.shape[3]}, {data.labels.mean():.0%} with lesion, lesion pixels "
-            f"{data.masks.mean():.2%} ({time.perf_counter() - t0:.1f} s)")
-        return data
+            f"{data.masks.mean():.2%} ({seconds:.1f} s)")
 
     def write_folds(self, folds: list[list[str]]) -> None:
         path = Path(self.config.workdir) / self.config.dataset / "folds.json"
@@ -156,8 +210,10 @@ class Runner:
     def run(self) -> tuple[list[dict[str, Any]], list[list[str]]]:
         cfg = self.config
         torch.manual_seed(cfg.seed)
+        t0 = time.perf_counter()
         data = self.load_data()
         folds = patient_folds(data.case_ids, data.labels, cfg.folds, cfg.seed)
+        self.summarize_data(data, time.perf_counter() - t0)
         self.write_folds(folds)
         results: dict[str, MethodResult] = {}
         for fold, val_cases in enumerate(folds):
@@ -212,28 +268,47 @@ class Runner:
         cfg = self.config
         seed = derived_seed(cfg.seed, cfg.dataset, fold, b_name)
         torch.manual_seed(seed)
-        model = backbone.build(in_chans=data.images.shape[1], num_classes=2, pretrained=False)
-        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=seed)
+        model = self._build(backbone, data)
+        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
         steps = cfg.epochs * -(-len(train) // cfg.batch_size)
         t0 = time.perf_counter()
         with self.reporter.task(f"train {b_name} {label}", total=steps) as advance:
             result = train_classifier(model, data.images[train], data.labels[train], tcfg,
                                       self.device, on_step=lambda _e, _l: advance(1))
-        val_acc = _accuracy(result.model, data, val, self.device, cfg.cam_batch_size)
+        predicted = predict(result.model, data.images, cfg.cam_batch_size, self.device)
+        correct = predicted == data.labels
         self.reporter.summary(
             f"[bold]train[/] {b_name} {label}: {cfg.epochs} epochs, loss "
             f"{result.losses[0]:.3f} → {result.losses[-1]:.3f}, accuracy train "
-            f"{result.train_accuracy:.2f} / val {val_acc:.2f} ({time.perf_counter() - t0:.1f} s)")
+            f"{correct[train].mean():.2f} / val "
+            f"{correct[val].mean():.2f} ({time.perf_counter() - t0:.1f} s)")
         target_layer = backbone.target_layer(model)
         maps: dict[str, np.ndarray] = {}
         for c_name, cam in self.cams.items():
             t0 = time.perf_counter()
             with self.reporter.task(f"{c_name} {b_name} {label}", total=len(data)) as advance:
-                maps[c_name] = compute_cams(cam, model, target_layer, data.images,
-                                            cfg.cam_batch_size, self.device, advance)
+                maps[c_name] = compute_cams(
+                    cam, model, target_layer, data.images, cfg.cam_batch_size, self.device,
+                    advance, cfg.cam_target, predicted == 1 if cfg.gate else None)
             self.reporter.summary(f"[bold]cams[/] {c_name} {b_name} {label}: {len(data)} maps "
                                   f"({time.perf_counter() - t0:.1f} s)")
         return maps
+
+    def _build(self, backbone, data: SliceSet):
+        """Build an untrained classifier with the run's output stride."""
+        stride = self.output_stride(data.images.shape[-1])
+        kwargs = {} if stride == 32 else {"output_stride": stride}
+        try:
+            return backbone.build(in_chans=data.images.shape[1], num_classes=2,
+                                  pretrained=False, **kwargs)
+        except TypeError as exc:
+            raise UsageError(f"backbone {backbone.name!r} does not take an output stride "
+                             f"({exc}); pass --output-stride 32") from None
+
+    def output_stride(self, image_size: int) -> int:
+        if self.config.output_stride == "auto":
+            return auto_output_stride(image_size)
+        return int(self.config.output_stride)
 
     def _row(self, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
         metrics = {}
@@ -252,13 +327,6 @@ class Runner:
             "source": "measured",
             "run": info,
         }
-
-
-def _accuracy(model, data: SliceSet, index: np.ndarray, device: torch.device,
-              batch_size: int) -> float:
-    x = torch.from_numpy(data.images[index])
-    y = torch.from_numpy(data.labels[index])
-    return accuracy(model, x, y, device, batch_size)
 
 
 def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,

@@ -1,0 +1,10 @@
+"""Registers a CAM method called 'gradcam', which the built-ins already use."""
+
+from wsss_bench_plugins.gradcam import GradCAM
+
+from wsss_bench import hookimpl
+
+
+@hookimpl
+def register_cams(register) -> None:
+    register(GradCAM(description="a second gradcam"))

@@ -1,0 +1,164 @@
+"""The command line: errors the user can fix, plugin listing, and end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wsss_bench.cli import main
+from wsss_bench.metrics import METRIC_NAMES
+
+SMALL = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds", "2", "--epochs", "1",
+         "--batch-size", "8", "-q"]
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wsss_bench.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=timeout, check=False)
+
+
+def run_main(args: list[str]) -> int:
+    """``wsss-bench ARGS`` in this process; the exit status, whether returned or raised."""
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["run", "--dataset", "nope"], ["unknown dataset 'nope'", "phantom"]),
+    (["run", "--backbones", "resnet18,resnet999"], ["unknown backbone 'resnet999'", "resnet34"]),
+    (["run", "--cams", "gradcamm"], ["unknown CAM method 'gradcamm'", "gradcam"]),
+    (["run", "--ensembles", "xor"], ["unknown ensemble 'xor'"]),
+    (["run", "--filters", "box"], ["unknown filter 'box'"]),
+    (["run", "--folds", "1"], ["--folds 1", "at least 2"]),
+    (["run", "--folds", "x"], ["--folds", "invalid int value"]),
+    (["run", "--epochs", "0"], ["--epochs", "positive"]),
+    (["run", "--threshold-step", "0.3"], ["--threshold-step 0.3"]),
+    (["run", "--select-by", "accuracy"], ["--select-by accuracy", "paper_miou"]),
+    (["run", "--device", "tpu"], ["--device", "invalid choice"]),
+    (["run", "--backbones", "resnet18", "--ensembles", "and"], ["at least 2 --backbones"]),
+    (["run", "-o", "phantom.size"], ["PLUGIN.KEY=VALUE"]),
+    (["run", "-o", "phantom.colour=red"], ["no option 'colour'", "n_cases"]),
+    (["run", "-o", "phantom.size=big"], ["phantom.size=big", "int"]),
+    (["run", "-o", "phantom.size=8"], ["size"]),
+    (["run", "-o", "resnet50.x=1"], ["no plugin called 'resnet50'"]),
+    (["run", "--data-dir", "/nonexistent/dir"], ["/nonexistent/dir", "no such folder"]),
+    (["run", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["leaderboard", "--dataset", "phantom", "--leaderboard-dir", "/nonexistent"],
+     ["no leaderboard", "/nonexistent/phantom.json"]),
+])
+def test_user_errors_are_one_line_and_exit_2(args, needles, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--leaderboard-dir", str(tmp_path / "lb"), "--workdir", str(tmp_path / "w")]
+    code = run_main([*args, *extra] if args[0] == "run" else args)
+    captured = capsys.readouterr()
+    assert_one_line_error(subprocess.CompletedProcess(args, code, captured.out, captured.err),
+                          *needles)
+    assert not (tmp_path / "lb").exists() and not (tmp_path / "w").exists()
+
+
+def test_console_script_reports_errors_in_one_line(tmp_path):
+    done = cli("run", "--dataset", "nope", cwd=tmp_path)
+    assert_one_line_error(done, "unknown dataset 'nope'")
+
+
+def test_corrupt_leaderboard_file_is_named(tmp_path):
+    (tmp_path / "phantom.json").write_text("{not json")
+    done = cli("leaderboard", "--dataset", "phantom", "--leaderboard-dir", str(tmp_path))
+    assert_one_line_error(done, str(tmp_path / "phantom.json"), "delete or restore")
+
+
+def test_version_and_help():
+    import wsss_bench
+
+    done = cli("--version")
+    assert done.returncode == 0 and wsss_bench.__version__ in done.stdout
+    for sub in ("run", "plugins", "leaderboard"):
+        done = cli(sub, "--help")
+        assert done.returncode == 0 and "usage: wsss-bench" in done.stdout
+
+
+def _check_row_schema(row: dict, n_folds: int) -> None:
+    assert set(row) >= {"method", "backbones", "cam", "ensemble", "filter", "thresholds",
+                        "metrics", "source", "run"}
+    assert row["source"] == "measured"
+    assert set(row["metrics"]) == set(METRIC_NAMES)
+    for stat in row["metrics"].values():
+        assert set(stat) == {"mean", "std", "folds"}
+        assert len(stat["folds"]) == n_folds
+        assert stat["mean"] == pytest.approx(sum(stat["folds"]) / n_folds)
+        assert all(0.0 <= v <= 1.0 for v in stat["folds"])
+    assert len(row["thresholds"]) == n_folds
+    if row["method"] == "Empty":
+        assert row["backbones"] == [] and row["thresholds"] == [None] * n_folds
+    else:
+        assert all(len(t) == len(row["backbones"]) for t in row["thresholds"])
+        assert all(t in [i / 10 for i in range(11)] for ts in row["thresholds"] for t in ts)
+    run = row["run"]
+    assert set(run) >= {"date", "git_commit", "device", "torch", "wsss_bench", "seed", "config"}
+    assert run["config"]["folds"] == n_folds
+
+
+@pytest.mark.slow
+def test_end_to_end_run_with_a_third_party_plugin(use_dist, tmp_path):
+    env = use_dist("example")
+    lb = tmp_path / "lb"
+    done = cli("run", *SMALL, "--cams", "gradcam,activation-mean", "--ensembles", "and,or,first",
+               "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb), env=env)
+    assert done.returncode == 0, done.stderr
+    board = json.loads((lb / "phantom.json").read_text())
+    assert board["dataset"] == "phantom"
+    methods = {r["method"] for r in board["rows"]}
+    expected = {"Empty"} | {
+        f"{core} / {cam} / none"
+        for cam in ("gradcam", "activation-mean")
+        for core in ("resnet18", "resnet34", "and(resnet18,resnet34)", "or(resnet18,resnet34)",
+                     "first(resnet18,resnet34)")}
+    assert methods == expected
+    for row in board["rows"]:
+        _check_row_schema(row, n_folds=2)
+    rows = {r["method"]: r for r in board["rows"]}
+    # 'first' keeps the first backbone's mask: with its own thresholds it matches resnet18 alone
+    # whenever the calibration picks the same first threshold.
+    first, single = rows["first(resnet18,resnet34) / gradcam / none"], rows[
+        "resnet18 / gradcam / none"]
+    for fold in range(2):
+        if first["thresholds"][fold][0] == single["thresholds"][fold][0]:
+            assert first["metrics"]["paper_miou"]["folds"][fold] == pytest.approx(
+                single["metrics"]["paper_miou"]["folds"][fold], abs=1e-12)
+    # the Empty row follows the paper_dsc formula 2(1-g)/(3-g) from its own miou (1-g)/2... :
+    empty = rows["Empty"]["metrics"]
+    for m, d in zip(empty["paper_miou"]["folds"], empty["paper_dsc"]["folds"], strict=True):
+        assert d == pytest.approx(2 * m / (1 + m), abs=1e-12)
+    assert (tmp_path / "w" / "phantom" / "folds.json").exists()
+    md = (lb / "phantom.md").read_text()
+    assert "| Empty |" in md and "2m/(1+m)" in md
+    assert (lb / "phantom.md").read_text().count("\n| ") == len(board["rows"]) + 1
+
+    # `leaderboard` prints the stored board; a later run replaces only its own rows.
+    shown = cli("leaderboard", "--dataset", "phantom", "--leaderboard-dir", str(lb), "--format",
+                "json")
+    assert json.loads(shown.stdout) == board
+    again = cli("run", *SMALL, "--backbones", "resnet18,resnet34", "--ensembles", "and",
+                "--seed", "1", "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb),
+                env=env)
+    assert again.returncode == 0, again.stderr
+    merged = {r["method"]: r for r in json.loads((lb / "phantom.json").read_text())["rows"]}
+    assert set(merged) == methods
+    assert merged["and(resnet18,resnet34) / gradcam / none"]["run"]["seed"] == 1
+    assert merged["or(resnet18,resnet34) / gradcam / none"]["run"]["seed"] == 0

@@ -1,0 +1,76 @@
+"""Leaderboard storage: merge by method key, markdown rendering, atomic and locked writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from wsss_bench import atomic, leaderboard
+from wsss_bench.errors import UsageError
+from wsss_bench.metrics import METRIC_NAMES
+
+
+def row(method: str, dsc: float, seed: int = 0) -> dict:
+    metrics = {m: {"mean": dsc, "std": 0.01, "folds": [dsc - 0.01, dsc + 0.01]}
+               for m in METRIC_NAMES}
+    return {"method": method, "backbones": ["resnet18"], "cam": "gradcam", "ensemble": None,
+            "filter": "none", "thresholds": [[0.5], [0.6]], "metrics": metrics,
+            "source": "measured", "run": {"seed": seed, "date": "2026-01-01"}}
+
+
+def test_merge_replaces_same_method_and_keeps_others_sorted_by_paper_dsc():
+    old = [row("a", 0.5), row("b", 0.7)]
+    merged = leaderboard.merge(old, [row("a", 0.9, seed=3), row("c", 0.6)])
+    assert [r["method"] for r in merged] == ["a", "b", "c"]
+    assert merged[0]["run"]["seed"] == 3 and len(merged) == 3
+
+
+def test_update_writes_json_and_markdown_and_merges(tmp_path):
+    leaderboard.update(tmp_path, "phantom", [row("x", 0.6), row("Empty", 0.65)],
+                       {"split": [["c1"], ["c2"]], "split_seed": 0, "command": "wsss-bench run"})
+    board = leaderboard.update(tmp_path, "phantom", [row("x", 0.7)], {"split": [["c1"], ["c2"]]})
+    stored = json.loads((tmp_path / "phantom.json").read_text())
+    assert stored == board
+    assert [r["method"] for r in stored["rows"]] == ["x", "Empty"]
+    md = (tmp_path / "phantom.md").read_text()
+    assert md.index("| 1 | x |") < md.index("| 2 | Empty |")
+    assert "0.7000 ± 0.0100" in md and "fold 0: c1" in md
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_concurrent_updates_lose_no_row(tmp_path):
+    def write(i: int) -> None:
+        leaderboard.update(tmp_path, "phantom", [row(f"m{i}", i / 100)], {})
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rows = leaderboard.load(tmp_path / "phantom.json")["rows"]
+    assert {r["method"] for r in rows} == {f"m{i}" for i in range(12)}
+
+
+def test_load_names_the_file_on_bad_content(tmp_path):
+    bad = tmp_path / "phantom.json"
+    bad.write_text('{"dataset": "phantom"}')
+    with pytest.raises(UsageError, match="no 'rows' list"):
+        leaderboard.load(bad)
+    with pytest.raises(UsageError, match="no leaderboard"):
+        leaderboard.load(tmp_path / "missing.json")
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "f.txt"
+    atomic.write_text(target, "old")
+
+    def broken_replace(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic.write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

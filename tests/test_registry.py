@@ -1,0 +1,125 @@
+"""Plugin discovery through real entry points of installed distributions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import wsss_bench
+from wsss_bench.contracts import Backbone, Cam, Dataset, Ensemble, Filter
+from wsss_bench.errors import PluginError
+from wsss_bench.registry import BLOCK_ENV, PluginLoadWarning, load_registry
+
+BUILTINS = {
+    "datasets": {"phantom"},
+    "backbones": {"resnet18", "resnet34", "resnet50"},
+    "cams": {"gradcam"},
+    "ensembles": {"and", "or"},
+    "filters": {"none"},
+}
+PROTOCOLS = {"datasets": Dataset, "backbones": Backbone, "cams": Cam, "ensembles": Ensemble,
+             "filters": Filter}
+
+
+def test_builtins_are_found_through_entry_points_with_their_source():
+    registry = wsss_bench.load_registry()
+    for kind, names in BUILTINS.items():
+        table = registry.kind(kind)
+        assert names <= set(table), kind
+        for name in names:
+            entry = table.get_entry(name)
+            assert entry.source == "wsss-bench"
+            assert entry.description
+            assert isinstance(table[name], PROTOCOLS[kind])
+
+
+def test_third_party_distribution_is_discovered_without_hand_registration(use_dist):
+    use_dist("example")
+    registry = load_registry()
+    assert registry.cams.get_entry("activation-mean").source == "wsss-bench-example-plugin"
+    assert registry.ensembles.get_entry("first").source == "wsss-bench-example-plugin"
+    assert isinstance(registry.cams["activation-mean"], Cam)
+    assert "gradcam" in registry.cams  # built-ins still there
+
+
+def test_broken_plugin_is_skipped_with_a_warning_naming_its_distribution(use_dist):
+    use_dist("broken", "example")
+    with pytest.warns(PluginLoadWarning, match="wsss-bench-broken-plugin") as caught:
+        registry = load_registry()
+    assert any("not-installed-anywhere" in str(w.message) for w in caught)
+    assert "activation-mean" in registry.cams and "gradcam" in registry.cams
+    assert registry.skipped and "broken" in registry.skipped[0]
+
+
+def test_duplicate_name_fails_naming_both_sources(use_dist):
+    use_dist("duplicate")
+    with pytest.raises(PluginError) as err:
+        load_registry()
+    message = str(err.value)
+    assert "'gradcam'" in message
+    assert "wsss-bench-duplicate-plugin" in message and "(wsss-bench)" in message
+
+
+def test_block_env_var_skips_plugins_by_entry_point_name(use_dist, monkeypatch):
+    use_dist("duplicate", "broken")
+    monkeypatch.setenv(BLOCK_ENV, "duplicate, broken")
+    registry = load_registry()  # neither the duplicate error nor the broken warning
+    assert registry.cams.get_entry("gradcam").source == "wsss-bench"
+    assert not registry.skipped
+    monkeypatch.setenv(BLOCK_ENV, "gradcam,duplicate,broken")  # the built-in's entry point
+    registry = load_registry()
+    assert "gradcam" not in registry.cams and "and" in registry.ensembles
+
+
+def test_misspelt_hook_is_an_error():
+    class Misspelt:
+        @wsss_bench.hookimpl
+        def register_camz(self, register):  # not a hook
+            register(object())
+
+    with pytest.raises(PluginError, match="register_camz"):
+        load_registry(extra_plugins={"misspelt": Misspelt()})
+
+
+def test_register_hook_that_raises_is_skipped_not_fatal():
+    class Raises:
+        @wsss_bench.hookimpl
+        def register_filters(self, register):
+            raise RuntimeError("boom")
+
+    with pytest.warns(PluginLoadWarning, match="boom"):
+        registry = load_registry(extra_plugins={"raises": Raises()})
+    assert "none" in registry.filters
+
+
+def test_object_without_a_name_is_rejected():
+    class Nameless:
+        @wsss_bench.hookimpl
+        def register_ensembles(self, register):
+            register(object())
+
+    with pytest.raises(PluginError, match="without a string `name`"):
+        load_registry(extra_plugins={"nameless": Nameless()})
+
+
+def test_unknown_name_lists_the_known_ones():
+    from wsss_bench.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown CAM method 'gradcamm'.*gradcam"):
+        load_registry().cams.get_entry("gradcamm")
+
+
+def test_plugins_json_lists_every_builtin_and_third_party(use_dist):
+    env = use_dist("example")
+    out = subprocess.run([sys.executable, "-m", "wsss_bench.cli", "plugins", "--json"],
+                         capture_output=True, text=True, env=env, check=True).stdout
+    rows = json.loads(out)
+    assert all(set(r) == {"kind", "name", "source", "description"} for r in rows)
+    listed = {(r["kind"], r["name"]): r["source"] for r in rows}
+    for kind, names in BUILTINS.items():
+        for name in names:
+            assert listed[(kind, name)] == "wsss-bench"
+    assert listed[("cams", "activation-mean")] == "wsss-bench-example-plugin"

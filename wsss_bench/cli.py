@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = Console()
+    out = Console() if sys.stdout.isatty() else Console(width=200)
     if args.command is None:
         parser.print_help()
         return 2

@@ -70,13 +70,11 @@ def fmt(stat: dict[str, Any]) -> str:
 
 
 def _cells(row: dict) -> list[str]:
-    ensemble = row.get("ensemble") or "—"
-    return [row["method"], ", ".join(row.get("backbones") or []) or "—", row.get("cam") or "—",
-            ensemble, row.get("filter") or "—",
-            *(fmt(row["metrics"][m]) for m in METRIC_NAMES), row.get("source", "measured")]
+    return [row["method"], *(fmt(row["metrics"][m]) for m in METRIC_NAMES),
+            row.get("source", "measured")]
 
 
-COLUMNS = ["method", "backbones", "cam", "ensemble", "filter", *METRIC_NAMES, "source"]
+COLUMNS = ["method", *METRIC_NAMES, "source"]
 
 
 def render_markdown(board: dict[str, Any]) -> str:
@@ -89,6 +87,8 @@ def render_markdown(board: dict[str, Any]) -> str:
                      + "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(split)))
     if board.get("command"):
         lines.append(f"- Last command: `{board['command']}`")
+    lines.append("- Method: `ensemble(backbones) / CAM / filter`, or one backbone; `Empty` "
+                 "predicts no lesion anywhere.")
     lines.append(f"- Rows sorted by `{SORT_METRIC}`; mean ± std (population) over folds; "
                  "every row's JSON entry records its thresholds, config and provenance.")
     lines += ["", "Metrics:", ""]
@@ -107,10 +107,11 @@ def render_markdown(board: dict[str, Any]) -> str:
 
 
 def rich_table(board: dict[str, Any]) -> Table:
-    table = Table(title=f"wsss-bench leaderboard: {board['dataset']}")
+    table = Table(title=f"wsss-bench leaderboard: {board['dataset']} (mean ± std over folds)")
     table.add_column("#", justify="right")
     for col in COLUMNS:
-        table.add_column(col, justify="right" if col in METRIC_NAMES else "left")
+        table.add_column(col, justify="right" if col in METRIC_NAMES else "left",
+                         no_wrap=col == "method")
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
         table.add_row(str(rank), *_cells(row))
     return table

@@ -77,10 +77,11 @@ def train_classifier(
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            value = float(loss.detach())
+            total += value * len(idx)
             count += len(idx)
             if on_step is not None:
-                on_step(epoch, float(loss))
+                on_step(epoch, value)
         result.losses.append(total / max(count, 1))
     optimizer.zero_grad(set_to_none=True)
     if config.precise_bn:

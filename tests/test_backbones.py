@@ -1,0 +1,170 @@
+"""The timm backbones: build, target layer, output stride, local weights, seeding."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+import wsss_bench
+from wsss_bench.contracts import Backbone
+from wsss_bench_plugins.backbones import TimmBackbone
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+REGISTRY = wsss_bench.load_registry()
+BACKBONES = sorted(REGISTRY.backbones)
+
+
+def target_output(backbone, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The target layer's output during a forward pass (which must call it)."""
+    seen: list[torch.Tensor] = []
+    handle = backbone.target_layer(model).register_forward_hook(
+        lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    assert len(seen) == 1, "the target layer must run exactly once per forward pass"
+    return seen[0]
+
+
+def test_builtin_resnets_are_registered():
+    assert {"resnet18", "resnet34", "resnet50"} <= set(BACKBONES)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_backbone_contract(name, in_chans):
+    backbone = REGISTRY.backbones[name]
+    assert isinstance(backbone, Backbone)
+    torch.manual_seed(0)
+    model = backbone.build(in_chans=in_chans, num_classes=2, pretrained=False).eval()
+    x = torch.randn(2, in_chans, 64, 64)
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (2, 2)
+    assert torch.isfinite(logits).all()
+    layer = backbone.target_layer(model)
+    assert any(layer is m for m in model.modules())
+    feat = target_output(backbone, model, x)
+    assert feat.ndim == 4 and feat.shape[0] == 2
+    assert feat.shape[1] == model.feature_info[-1]["num_chs"]
+    assert feat.shape[-2:] == (2, 2)  # stride 32 on 64x64
+    if name.startswith("resnet"):
+        assert layer is model.layer4
+    wrong = 2 if in_chans == 1 else 1
+    with pytest.raises(RuntimeError), torch.no_grad():  # the stem really has in_chans
+        model(torch.randn(1, wrong, 64, 64))
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_output_stride_16_doubles_the_cam_resolution_with_the_same_parameters(name):
+    backbone = REGISTRY.backbones[name]
+    torch.manual_seed(0)
+    m32 = backbone.build(in_chans=1, num_classes=2, pretrained=False).eval()
+    torch.manual_seed(0)
+    m16 = backbone.build(in_chans=1, num_classes=2, pretrained=False, output_stride=16).eval()
+    x = torch.randn(1, 1, 64, 64)
+    f32, f16 = target_output(backbone, m32, x), target_output(backbone, m16, x)
+    assert f32.shape[-2:] == (2, 2)
+    assert f16.shape[-2:] == (4, 4)
+    assert f16.shape[1] == f32.shape[1]
+    assert sum(p.numel() for p in m16.parameters()) == sum(p.numel() for p in m32.parameters())
+    with torch.no_grad():
+        assert m16(x).shape == (1, 2)
+
+
+def test_same_seed_gives_identical_initial_weights():
+    backbone = REGISTRY.backbones["resnet18"]
+
+    def build(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        return backbone.build(in_chans=1, num_classes=2, pretrained=False).state_dict()
+
+    a, b, c = build(3), build(3), build(4)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["layer1.0.conv1.weight"], c["layer1.0.conv1.weight"])
+    assert not torch.equal(a["fc.weight"], c["fc.weight"])
+
+
+def _imagenet_like_state(seed: int) -> dict[str, torch.Tensor]:
+    """A resnet18 state dict as an ImageNet checkpoint has it: 3 channels, 1000 classes."""
+    torch.manual_seed(seed)
+    state = timm.create_model("resnet18", in_chans=3, num_classes=1000).state_dict()
+    with torch.no_grad():  # make BN statistics distinguishable from a fresh init
+        for k, v in state.items():
+            if k.endswith("running_mean"):
+                v.uniform_(-1, 1)
+    return {k: v.clone().contiguous() for k, v in state.items()}
+
+
+def _check_loaded(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    for key in ["layer1.0.conv1.weight", "layer4.1.bn2.weight", "layer2.0.bn1.running_mean",
+                "layer3.0.downsample.0.weight", "bn1.weight"]:
+        assert torch.equal(own[key], saved[key]), key
+    matching = [k for k in own if own[k].shape == saved[k].shape]
+    assert all(torch.equal(own[k], saved[k]) for k in matching)
+    # the mismatching stem and head are kept at their own (new) shapes
+    assert own["conv1.weight"].shape == (64, 1, 7, 7)
+    assert own["fc.weight"].shape == (2, 512) and own["fc.bias"].shape == (2,)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 1, 64, 64)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("as_path", [False, True])
+def test_pretrained_accepts_a_local_pth_file(tmp_path, as_path):
+    saved = _imagenet_like_state(seed=11)
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(saved, path)
+    torch.manual_seed(0)
+    model = REGISTRY.backbones["resnet18"].build(
+        in_chans=1, num_classes=2, pretrained=path if as_path else str(path))
+    _check_loaded(model, saved)
+
+
+def test_pretrained_accepts_a_checkpoint_with_a_state_dict_key(tmp_path):
+    saved = _imagenet_like_state(seed=12)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"state_dict": saved, "epoch": 3}, path)
+    torch.manual_seed(0)
+    model = REGISTRY.backbones["resnet18"].build(in_chans=1, num_classes=2, pretrained=path)
+    _check_loaded(model, saved)
+
+
+def test_pretrained_accepts_a_local_safetensors_file(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    saved = _imagenet_like_state(seed=13)
+    path = tmp_path / "resnet18.safetensors"
+    safetensors_torch.save_file(saved, str(path))
+    torch.manual_seed(0)
+    model = REGISTRY.backbones["resnet18"].build(in_chans=1, num_classes=2, pretrained=str(path))
+    _check_loaded(model, saved)
+
+
+def test_local_weights_differ_from_random_init(tmp_path):
+    # guards the tests above: without loading, the same seed gives other weights
+    saved = _imagenet_like_state(seed=11)
+    torch.manual_seed(0)
+    fresh = REGISTRY.backbones["resnet18"].build(in_chans=1, num_classes=2, pretrained=False)
+    assert not torch.equal(fresh.state_dict()["layer1.0.conv1.weight"],
+                           saved["layer1.0.conv1.weight"])
+
+
+def test_timm_backbone_is_a_backbone():
+    obj = TimmBackbone(name="x", model_name="resnet18", description="d")
+    assert isinstance(obj, Backbone)
+    model = obj.build(1, 2)
+    assert obj.target_layer(model) is model.layer4

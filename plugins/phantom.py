@@ -67,7 +67,7 @@ class Phantom:
     Case ``i`` depends only on ``(seed, i)`` and the shape/intensity parameters, never on
     ``n_cases``. ``noise`` is the std of the Gaussian noise added to the real and imaginary
     channels before taking the magnitude (Rician, as in MRI); ``contrast`` scales the lesion
-    intensity (1.0 = lesions 0.15-0.38 above an organ at about 0.43, before the bias field).
+    intensity (1.0 = lesions 0.25-0.5 above an organ at about 0.43, before the bias field).
     """
 
     name: str = "phantom"

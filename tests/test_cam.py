@@ -247,13 +247,7 @@ def test_no_hooks_no_grads_and_parameters_unchanged():
     assert not model.training and not any(m.training for m in model.modules())
 
 
-NO_GRAD_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG: under torch.no_grad() cam_engine.activations_and_gradients "
-    "computes `logits.gather(...).sum()` after _graph_from has restored grad mode off, so "
-    "autograd.grad raises 'element 0 of tensors does not require grad'")
-
-
-@pytest.mark.parametrize("grad_enabled", [True, pytest.param(False, marks=NO_GRAD_BUG)])
+@pytest.mark.parametrize("grad_enabled", [True, False])
 def test_grad_mode_is_restored_and_result_is_the_same(grad_enabled):
     model = small_cnn()
     x = images()
@@ -314,10 +308,6 @@ class InplaceAfterTarget(nn.Module):
         return self.fc(self.act(self.target(torch.relu(self.conv(x)))).mean(dim=(2, 3)))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cam_engine's hook returns a leaf tensor that "
-                   "requires grad; an in-place op after the target layer (ReLU(inplace=True), "
-                   "torchvision's `out += identity`) raises 'a leaf Variable that requires "
-                   "grad is being used in an in-place operation'")
 def test_target_layer_followed_by_an_inplace_op():
     torch.manual_seed(0)
     model = InplaceAfterTarget().eval()

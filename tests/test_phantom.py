@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pluggy
 import pytest
-from wsss_bench_plugins import phantom
-from wsss_bench_plugins.phantom import Phantom
 
 from wsss_bench import hookspecs
 from wsss_bench.contracts import Case, Dataset
+from wsss_bench_plugins import phantom
+from wsss_bench_plugins.phantom import Phantom
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +155,9 @@ def test_lesion_sizes_vary(default_cases: list[Case]) -> None:
         [c.masks.sum(axis=(1, 2)).max() for c in default_cases if c.masks.any()], dtype=float
     )
     assert len(peak_areas) >= 10
-    assert peak_areas.min() < 80 and peak_areas.max() > 200, peak_areas
-    assert peak_areas.std() / peak_areas.mean() > 0.3
+    # radius 6-13 px at 64×64: peak areas from ~110 to ~530 px, irregular and clipped
+    assert peak_areas.min() < 160 and peak_areas.max() > 300, peak_areas
+    assert peak_areas.std() / peak_areas.mean() > 0.25
     lesion_px = np.mean([c.masks.mean() for c in default_cases])
     assert 0.003 < lesion_px < 0.05
 

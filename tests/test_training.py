@@ -203,9 +203,6 @@ def test_recompute_batchnorm_without_batchnorm_is_a_no_op():
     assert same_state(before, state(model))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: recompute_batchnorm averages batch means with "
-                   "equal weight (momentum=None counts forward calls, not samples), so with a "
-                   "short last batch running_mean is not the exact mean its docstring promises")
 def test_recompute_batchnorm_mean_is_exact_with_a_short_last_batch():
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(3)
@@ -214,8 +211,6 @@ def test_recompute_batchnorm_mean_is_exact_with_a_short_last_batch():
     torch.testing.assert_close(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-4, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: recompute_batchnorm skips a last batch of one "
-                   "sample, so that sample is missing from the 'exact' running_mean")
 def test_recompute_batchnorm_mean_includes_a_last_batch_of_one():
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(3)

@@ -38,7 +38,7 @@ def _graph_from(target_layer: nn.Module, store: dict[str, torch.Tensor]) -> Iter
         leaf = output.detach().requires_grad_(True)
         store["activation"] = leaf
         torch.set_grad_enabled(True)
-        return leaf
+        return leaf.clone()  # later in-place ops (ReLU(inplace), `out += x`) must not hit the leaf
 
     was_enabled = torch.is_grad_enabled()
     handle = target_layer.register_forward_hook(hook)
@@ -76,11 +76,11 @@ def activations_and_gradients(
     store: dict[str, torch.Tensor] = {}
     with _graph_from(target_layer, store):
         logits = model(images)
-    if "activation" not in store:
-        raise RuntimeError("the target layer was not called during the forward pass")
+        if "activation" not in store:
+            raise RuntimeError("the target layer was not called during the forward pass")
+        targets = resolve_targets(logits.detach(), target)
+        selected = logits.gather(1, targets[:, None]).sum()  # grad mode is on after the layer
     activation = store["activation"]
-    targets = resolve_targets(logits.detach(), target)
-    selected = logits.gather(1, targets[:, None]).sum()
     (gradients,) = torch.autograd.grad(selected, activation)
     return Capture(activation.detach(), gradients.detach(), logits.detach(), targets)
 

@@ -97,12 +97,16 @@ def render_markdown(board: dict[str, Any]) -> str:
               "|---|" + "|".join("---" for _ in COLUMNS) + "|"]
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
         lines.append(f"| {rank} | " + " | ".join(_cells(row)) + " |")
-    lines += ["", "Provenance of the rows (date, commit, device, torch):", ""]
-    for row in sort_rows(board["rows"]):
+    lines += ["", "Provenance (rows made by the same run share a line):", ""]
+    runs: dict[str, list[int]] = {}
+    for rank, row in enumerate(sort_rows(board["rows"]), start=1):
         run = row.get("run") or {}
-        lines.append(f"- {row['method']}: {run.get('date')}, commit {run.get('git_commit')}, "
-                     f"{run.get('device')}, torch {run.get('torch')}, "
-                     f"wsss-bench {run.get('wsss_bench')}, seed {run.get('seed')}")
+        key = (f"{run.get('date')}, commit {run.get('git_commit')}, {run.get('device')}, "
+               f"torch {run.get('torch')}, wsss-bench {run.get('wsss_bench')}, "
+               f"seed {run.get('seed')}")
+        runs.setdefault(key, []).append(rank)
+    for key, ranks in runs.items():
+        lines.append(f"- rows {', '.join(map(str, ranks))}: {key}")
     return "\n".join(lines) + "\n"
 
 

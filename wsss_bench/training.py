@@ -97,22 +97,27 @@ def recompute_batchnorm(model: nn.Module, x: torch.Tensor, device: torch.device,
 
     The running averages of a short training run lag behind its fast-moving weights, and an
     eval-mode model can then be far worse than the training loss says ("precise BN", Wu &
-    Johnson 2021). One forward pass over the training slices in train mode with cumulative
-    averaging (``momentum=None``) fixes that; no weight changes.
+    Johnson 2021). One forward pass over the training slices in train mode fixes that: each
+    batch enters the running mean with a weight proportional to its size, so the mean is the
+    exact mean over all slices and the variance the sample-weighted mean of batch variances.
+    Batches are split evenly (sizes differ by at most one), so none has a single sample.
+    No weight changes; the model is left in eval mode.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
+    if not norms or len(x) == 0:
         return
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None
     model.train()
+    seen = 0
     try:
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size]
-            if len(batch) > 1:
-                model(batch.to(device))
+        for batch in torch.tensor_split(x, -(-len(x) // batch_size)):
+            for m in norms:
+                m.momentum = len(batch) / (seen + len(batch))
+            model(batch.to(device))
+            seen += len(batch)
     finally:
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
+        model.eval()

@@ -22,11 +22,13 @@ class Reporter:
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
         self.quiet = quiet
         self.console = console or Console(stderr=True)
+        if not self.console.is_terminal and console is None:  # a log file: no wrapping
+            self.console = Console(stderr=True, width=200)
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
-        """A progress bar of ``total`` steps; yields ``advance(n)``."""
-        if self.quiet:
+        """A progress bar of ``total`` steps; yields ``advance(n)`` (no bar outside a terminal)."""
+        if self.quiet or not self.console.is_terminal:
             yield lambda n=1: None
             return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

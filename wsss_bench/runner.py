@@ -220,6 +220,9 @@ class Runner:
             val = np.isin(data.case_ids, val_cases)
             self._run_fold(data, fold, np.flatnonzero(~val), np.flatnonzero(val), results)
         info = run_info(self.device, cfg.seed, asdict(cfg))
+        info["effective"] = {"image_size": list(data.images.shape[2:]),
+                             "in_chans": int(data.images.shape[1]),
+                             "output_stride": self.output_stride(data.images.shape[-1])}
         return [self._row(r, info) for r in results.values()], folds
 
     def _run_fold(self, data: SliceSet, fold: int, train: np.ndarray, val: np.ndarray,
@@ -239,9 +242,10 @@ class Runner:
         units = [(c, f, e) for c in self.cams for f in self.filters
                  for e in [None, *self.ensembles]]
         t0 = time.perf_counter()
+        regions = {f_name: _regions(filt, data, train) for f_name, filt in self.filters.items()}
         with self.reporter.task(f"calibrate {label}", total=len(units)) as advance:
             for c_name, f_name, e_name in units:
-                region = _regions(self.filters[f_name], data, train)
+                region = regions[f_name]
                 groups = ([(b,) for b in self.backbones] if e_name is None
                           else [tuple(self.backbones)])
                 for group in groups:

@@ -12,6 +12,17 @@ BRATS_SAMPLE = SHARED_DATA / "brats-sample"
 PROSTATE_LABELS = SHARED_DATA / "msd-prostate-labels" / "Task05_Prostate" / "labelsTr"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def brats_sample() -> Path:
     if not BRATS_SAMPLE.is_dir():

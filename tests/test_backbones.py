@@ -11,14 +11,7 @@ import wsss_bench
 from wsss_bench.contracts import Backbone
 from wsss_bench_plugins.backbones import TimmBackbone
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 REGISTRY = wsss_bench.load_registry()

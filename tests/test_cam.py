@@ -15,14 +15,7 @@ from wsss_bench.cam_engine import activations_and_gradients, finish_cam, resolve
 from wsss_bench.contracts import Cam
 from wsss_bench_plugins.gradcam import GradCAM
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmallCNN(nn.Module):

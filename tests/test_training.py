@@ -17,13 +17,7 @@ from wsss_bench.training import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyCNN(nn.Module):
@@ -203,18 +197,11 @@ def test_recompute_batchnorm_without_batchnorm_is_a_no_op():
     assert same_state(before, state(model))
 
 
-def test_recompute_batchnorm_mean_is_exact_with_a_short_last_batch():
+@pytest.mark.parametrize("n", [10, 9])  # batches of 4, 4, 2 and 4, 4, 1 (split evenly)
+def test_recompute_batchnorm_mean_is_exact_with_uneven_batches(n):
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(3)
-    x = torch.randn(10, 3, 5, 5) + torch.arange(10.0)[:, None, None, None]  # batches 4, 4, 2
-    recompute_batchnorm(bn, x, CPU, batch_size=4)
-    torch.testing.assert_close(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-4, rtol=0)
-
-
-def test_recompute_batchnorm_mean_includes_a_last_batch_of_one():
-    torch.manual_seed(0)
-    bn = nn.BatchNorm2d(3)
-    x = torch.randn(9, 3, 5, 5) + torch.arange(9.0)[:, None, None, None]  # batches 4, 4, 1
+    x = torch.randn(n, 3, 5, 5) + torch.arange(float(n))[:, None, None, None]
     recompute_batchnorm(bn, x, CPU, batch_size=4)
     torch.testing.assert_close(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-4, rtol=0)
 

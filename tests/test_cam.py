@@ -13,7 +13,7 @@ from torch import nn
 import wsss_bench
 from wsss_bench.cam_engine import activations_and_gradients, finish_cam, resolve_targets
 from wsss_bench.contracts import Cam
-from wsss_bench_plugins.gradcam import GradCAM
+from wsss_bench_plugins.cams import GradCAM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,7 +16,7 @@ from wsss_bench.registry import BLOCK_ENV, PluginLoadWarning, load_registry
 BUILTINS = {
     "datasets": {"phantom"},
     "backbones": {"resnet18", "resnet34", "resnet50"},
-    "cams": {"gradcam"},
+    "cams": {"gradcam", "gradcam++", "smoothgradcam++", "hirescam", "xgradcam", "layercam"},
     "ensembles": {"and", "or"},
     "filters": {"none"},
 }
@@ -69,7 +69,7 @@ def test_block_env_var_skips_plugins_by_entry_point_name(use_dist, monkeypatch):
     registry = load_registry()  # neither the duplicate error nor the broken warning
     assert registry.cams.get_entry("gradcam").source == "wsss-bench"
     assert not registry.skipped
-    monkeypatch.setenv(BLOCK_ENV, "gradcam,duplicate,broken")  # the built-in's entry point
+    monkeypatch.setenv(BLOCK_ENV, "cams,duplicate,broken")  # the built-in CAMs entry point
     registry = load_registry()
     assert "gradcam" not in registry.cams and "and" in registry.ensembles
 

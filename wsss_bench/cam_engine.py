@@ -50,10 +50,23 @@ def _graph_from(target_layer: nn.Module, store: dict[str, torch.Tensor]) -> Iter
         torch.set_grad_enabled(was_enabled)
 
 
-def resolve_targets(logits: torch.Tensor, target: torch.Tensor | int | None) -> torch.Tensor:
-    """Per-sample class indices: the predicted class when ``target`` is None."""
+LESION_CLASS = 1  # wsss-bench classifiers: class 0 = no lesion, class 1 = lesion
+
+Target = torch.Tensor | int | str | None
+
+
+def resolve_targets(logits: torch.Tensor, target: Target) -> torch.Tensor:
+    """Per-sample class indices.
+
+    ``None``: each sample's predicted class (the paper); ``"positive"``: the lesion class for
+    every sample; an int: that class for every sample; a tensor: one class per sample.
+    """
     if target is None:
         return logits.argmax(dim=1)
+    if isinstance(target, str):
+        if target != "positive":
+            raise ValueError(f"unknown CAM target {target!r}: use None, 'positive' or indices")
+        target = LESION_CLASS
     if isinstance(target, int):
         return torch.full((logits.shape[0],), target, dtype=torch.long, device=logits.device)
     target = torch.as_tensor(target, device=logits.device).long().reshape(-1)
@@ -66,7 +79,7 @@ def activations_and_gradients(
     model: nn.Module,
     target_layer: nn.Module,
     images: torch.Tensor,
-    target: torch.Tensor | int | None = None,
+    target: Target = None,
 ) -> Capture:
     """One forward pass and the gradient of each sample's target logit w.r.t. the activation.
 
@@ -97,3 +110,58 @@ def finish_cam(weighted: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     span = flat.max(dim=1).values[:, None, None] - low
     safe = torch.where(span > 0, span, torch.ones_like(span))
     return torch.where(span > 0, (cam - low) / safe, torch.zeros_like(cam)).clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SmoothCapture:
+    """Clean activations plus the gradient moments averaged over noisy copies of the input."""
+
+    activations: torch.Tensor  # [B,K,h,w], from the clean pass
+    mean_grad: torch.Tensor  # [B,K,h,w], E[g] over the copies (float64)
+    mean_grad2: torch.Tensor  # E[g²] (float64)
+    mean_grad3: torch.Tensor  # E[g³] (float64)
+    logits: torch.Tensor  # clean logits
+    targets: torch.Tensor  # resolved on the clean pass, used for every copy
+
+
+def smooth_gradients(
+    model: nn.Module,
+    target_layer: nn.Module,
+    images: torch.Tensor,
+    target: Target = None,
+    *,
+    samples: int,
+    sigma: float,
+    seed: int,
+    max_batch: int = 256,
+) -> SmoothCapture:
+    """Gradient moments over ``samples`` noisy copies of each image (SmoothGrad).
+
+    The noise of copy j is ``sigma * (max - min of the image) * z_j``; ``z_j`` is drawn from a
+    generator seeded with ``seed`` and is the same for every image of the batch, so a sample's
+    result does not depend on the rest of its batch. Copies run as batches of at most
+    ``max_batch`` images (the clean pass included): cost ≈ samples + 1 forward passes.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    clean = activations_and_gradients(model, target_layer, images, target)
+    b = images.shape[0]
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    noise = torch.randn((samples, 1, *images.shape[1:]), generator=generator,
+                        device=images.device, dtype=images.dtype)
+    span = (images.flatten(1).amax(1) - images.flatten(1).amin(1)).view(1, b, 1, 1, 1)
+    sums = [torch.zeros_like(clean.gradients, dtype=torch.float64) for _ in range(3)]
+    per_chunk = max(1, max_batch // max(b, 1))
+    for start in range(0, samples, per_chunk):
+        z = noise[start : start + per_chunk]
+        noisy = (images.unsqueeze(0) + sigma * span * z).flatten(0, 1)
+        cap = activations_and_gradients(model, target_layer, noisy,
+                                        clean.targets.repeat(len(z)))
+        g = cap.gradients.double().view(len(z), b, *cap.gradients.shape[1:])
+        sums[0] += g.sum(0)
+        sums[1] += (g * g).sum(0)
+        sums[2] += (g * g * g).sum(0)
+    m1, m2, m3 = (s / samples for s in sums)
+    return SmoothCapture(clean.activations, m1, m2, m3, clean.logits, clean.targets)

@@ -135,8 +135,7 @@ def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
     out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device)
-        classes = (None if target == "predicted"
-                   else torch.ones(len(batch), dtype=torch.long, device=device))
+        classes = None if target == "predicted" else "positive"
         out[start : start + len(batch)] = (
             cam.cam(model, target_layer, batch, classes).float().cpu().numpy())
         advance(len(batch))

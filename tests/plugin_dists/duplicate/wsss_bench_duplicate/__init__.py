@@ -1,7 +1,7 @@
 """Registers a CAM method called 'gradcam', which the built-ins already use."""
 
 from wsss_bench import hookimpl
-from wsss_bench_plugins.gradcam import GradCAM
+from wsss_bench_plugins.cams import GradCAM
 
 
 @hookimpl

@@ -162,3 +162,25 @@ def test_end_to_end_run_with_a_third_party_plugin(use_dist, tmp_path):
     assert set(merged) == methods
     assert merged["and(resnet18,resnet34) / gradcam / none"]["run"]["seed"] == 1
     assert merged["or(resnet18,resnet34) / gradcam / none"]["run"]["seed"] == 0
+
+
+@pytest.mark.slow
+def test_run_evaluates_each_cam_and_records_plugin_options(tmp_path):
+    lb = tmp_path / "lb"
+    done = cli("run", *SMALL, "--backbones", "resnet18,resnet34", "--ensembles", "and",
+               "--cams", "gradcam,gradcam++,smoothgradcam++", "-o", "smoothgradcam++.samples=2",
+               "-o", "smoothgradcam++.sigma=0.1", "--gate", "--workdir", str(tmp_path / "w"),
+               "--leaderboard-dir", str(lb))
+    assert done.returncode == 0, done.stderr
+    rows = {r["method"]: r for r in json.loads((lb / "phantom.json").read_text())["rows"]}
+    for cam in ("gradcam", "gradcam++", "smoothgradcam++"):
+        for core in ("resnet18", "resnet34", "and(resnet18,resnet34)"):
+            row = rows[f"{core} / {cam} / none"]
+            _check_row_schema(row, n_folds=2)
+            config = row["run"]["config"]
+            assert config["options"]["smoothgradcam++"] == {"samples": "2", "sigma": "0.1"}
+            assert config["gate"] is True and config["cam_target"] == "positive"
+            settings = row["run"]["plugins"]
+            assert settings["smoothgradcam++"] == {"samples": 2, "sigma": 0.1, "seed": 0,
+                                                   "max_batch": 256}
+            assert settings["phantom"]["n_cases"] == 6 and settings["phantom"]["size"] == 64

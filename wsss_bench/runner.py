@@ -191,6 +191,13 @@ class Runner:
         return {n: options.configure(o, self.config.options.get(n, {}))
                 for n, o in zip(names, objs, strict=True)}
 
+    def plugin_settings(self) -> dict[str, dict[str, Any]]:
+        """Every used plugin's option values (its dataclass fields), defaults included."""
+        used = {self.config.dataset: self.dataset, **self.backbones, **self.cams,
+                **self.ensembles, **self.filters}
+        return {name: {k: getattr(obj, k) for k in options.option_fields(obj)}
+                for name, obj in used.items()}
+
     def load_data(self) -> SliceSet:
         data_dir = Path(self.config.data_dir) if self.config.data_dir else None
         return collect(self.dataset, data_dir, self.config.image_size)
@@ -219,6 +226,7 @@ class Runner:
             val = np.isin(data.case_ids, val_cases)
             self._run_fold(data, fold, np.flatnonzero(~val), np.flatnonzero(val), results)
         info = run_info(self.device, cfg.seed, asdict(cfg))
+        info["plugins"] = self.plugin_settings()
         info["effective"] = {"image_size": list(data.images.shape[2:]),
                              "in_chans": int(data.images.shape[1]),
                              "output_stride": self.output_stride(data.images.shape[-1])}

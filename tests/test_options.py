@@ -51,3 +51,12 @@ def test_configure_surfaces_the_plugins_own_validation():
     with pytest.raises(UsageError, match="size"):
         options.configure(Phantom(), {"size": "8"})
     assert options.configure(Phantom(), {"n_cases": "5"}).n_cases == 5
+
+
+def test_fixed_fields_are_not_options():
+    from wsss_bench_plugins.backbones import TimmBackbone
+
+    backbone = TimmBackbone(name="resnet18", model_name="resnet18", description="d")
+    assert "model_name" not in options.option_fields(backbone)
+    with pytest.raises(UsageError, match="no option 'model_name'"):
+        options.configure(backbone, {"model_name": "resnet50"})

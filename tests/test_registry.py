@@ -15,7 +15,7 @@ from wsss_bench.registry import BLOCK_ENV, PluginLoadWarning, load_registry
 
 BUILTINS = {
     "datasets": {"phantom"},
-    "backbones": {"resnet18", "resnet34", "resnet50"},
+    "backbones": {"resnet18", "resnet34", "resnet50", "resnet101", "vgg19"},
     "cams": {"gradcam", "gradcam++", "smoothgradcam++", "hirescam", "xgradcam", "layercam"},
     "ensembles": {"and", "or"},
     "filters": {"none"},

@@ -101,15 +101,20 @@ def activations_and_gradients(
 def finish_cam(weighted: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """ReLU, bilinear upsampling to ``size``, then per-sample min-max to [0, 1].
 
-    ``weighted`` is [B,h,w]. A flat map (max == min) becomes all zeros, never NaN.
+    ``weighted`` is [B,h,w]. A flat map (max == min) becomes all zeros, never NaN. Flatness is
+    decided before upsampling: bilinear interpolation of a constant is not exactly constant in
+    float32, and min-max would blow that rounding ripple up to a 0/1 pattern.
     """
-    cam = F.relu(weighted.float())[:, None]
-    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+    cam = F.relu(weighted.float())
+    coarse = cam.flatten(1)
+    varies = (coarse.max(dim=1).values > coarse.min(dim=1).values)[:, None, None]
+    cam = F.interpolate(cam[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     flat = cam.flatten(1)
     low = flat.min(dim=1).values[:, None, None]
     span = flat.max(dim=1).values[:, None, None] - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (cam - low) / safe, torch.zeros_like(cam)).clamp_(0.0, 1.0)
+    ok = varies & (span > 0)
+    safe = torch.where(ok, span, torch.ones_like(span))
+    return torch.where(ok, (cam - low) / safe, torch.zeros_like(cam)).clamp_(0.0, 1.0)
 
 
 @dataclass(frozen=True)

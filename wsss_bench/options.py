@@ -1,7 +1,8 @@
 """Plugin options from the command line: ``--option PLUGIN.KEY=VALUE``.
 
-A plugin object that is a dataclass can be configured: each field (other than ``name`` and
-``description``) is an option, and the value is converted to the field's type.
+A plugin object that is a dataclass can be configured: each field (other than ``name``,
+``description`` and those listed in the object's ``fixed_fields``) is an option, and the value
+is converted to the field's type.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def parse(text: str) -> tuple[str, str, str]:
 def option_fields(obj: Any) -> dict[str, dataclasses.Field]:
     if not dataclasses.is_dataclass(obj):
         return {}
-    return {f.name: f for f in dataclasses.fields(obj) if f.name not in FIXED_FIELDS and f.init}
+    fixed = FIXED_FIELDS | set(getattr(obj, "fixed_fields", ()))
+    return {f.name: f for f in dataclasses.fields(obj) if f.name not in fixed and f.init}
 
 
 def convert(current: Any, text: str, where: str) -> Any:

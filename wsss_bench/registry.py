@@ -3,6 +3,11 @@
 Built-in plugins are found exactly like third-party ones. A plugin that fails to import (or
 whose ``register_*`` hook raises) is reported with its distribution and skipped; the others
 still load. ``WSSS_BENCH_BLOCK_PLUGINS=a,b`` skips the entry points named ``a`` and ``b``.
+
+A *family* is a registered object whose ``name`` ends with ``":"`` (e.g. ``"timm:"``) and that
+has ``resolve(suffix) -> object``: the name ``"timm:convnext_atto"`` is then resolved on first
+use to ``family.resolve("convnext_atto")``, an object named ``"timm:convnext_atto"``, and
+cached. Families are listed by ``wsss-bench plugins`` but are not keys of their kind.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pluggy
 
@@ -31,8 +36,25 @@ SINGULAR = {
 }
 
 
+FAMILY_SUFFIX = ":"
+
+
 class PluginLoadWarning(UserWarning):
     """A plugin was skipped because it failed to import or to register."""
+
+
+@runtime_checkable
+class Family(Protocol):
+    """Registered as ``"<prefix>:"``; stands for every object called ``"<prefix>:<suffix>"``.
+
+    ``resolve(suffix)`` returns the object called ``name + suffix``, or raises a UsageError
+    (an unknown suffix: say so and how to list the valid ones).
+    """
+
+    name: str
+    description: str
+
+    def resolve(self, suffix: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -51,14 +73,26 @@ class Entry:
 
 
 class Kind(Mapping[str, Any]):
-    """The registered objects of one kind, by name (read-only, dict-like)."""
+    """The registered objects of one kind, by name (read-only, dict-like).
+
+    Iteration and ``len`` cover the objects registered by name; ``kind["timm:x"]``,
+    ``"timm:x" in kind`` and :meth:`get_entry` also resolve names through a family
+    (``families``, keyed by prefix) and cache what they resolve.
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.entries: dict[str, Entry] = {}
+        self.families: dict[str, Entry] = {}
+        self._resolved: dict[str, Entry] = {}
 
     def __getitem__(self, name: str) -> Any:
-        return self.entries[name].obj
+        try:
+            return self.get_entry(name).obj
+        except PluginError:
+            raise
+        except UsageError as exc:  # Mapping semantics: `in` and `.get` expect a KeyError
+            raise KeyError(str(exc)) from exc
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
@@ -67,15 +101,46 @@ class Kind(Mapping[str, Any]):
         return len(self.entries)
 
     def get_entry(self, name: str) -> Entry:
-        """The entry called ``name``, or a UsageError that lists the known names."""
-        try:
+        """The entry called ``name`` (resolved through a family if need be), or a UsageError."""
+        if name in self.entries:
             return self.entries[name]
-        except KeyError:
-            known = ", ".join(sorted(self.entries)) or "none installed"
-            raise UsageError(
-                f"unknown {SINGULAR[self.kind]} {name!r}; choose one of: {known} "
-                f"(see `wsss-bench plugins`)"
-            ) from None
+        if name in self._resolved:
+            return self._resolved[name]
+        family = self._family_for(name)
+        if family is None:
+            raise UsageError(self._unknown(name))
+        entry = self._resolve(family, name)
+        self._resolved[name] = entry
+        return entry
+
+    def _family_for(self, name: str) -> Entry | None:
+        """The family with the longest prefix of ``name``, if any."""
+        prefixes = [p for p in self.families if name.startswith(p)]
+        return self.families[max(prefixes, key=len)] if prefixes else None
+
+    def _unknown(self, name: str) -> str:
+        known = sorted(self.entries) + [f"{p}<name>" for p in sorted(self.families)]
+        return (f"unknown {SINGULAR[self.kind]} {name!r}; choose one of: "
+                f"{', '.join(known) or 'none installed'} (see `wsss-bench plugins`)")
+
+    def _resolve(self, family: Entry, name: str) -> Entry:
+        suffix = name[len(family.name):]
+        what = SINGULAR[self.kind]
+        if not suffix:
+            raise UsageError(f"{what} {name!r} is a family, not a {what}: name one of its "
+                             f"members, {name}<name> ({family.description})")
+        try:
+            obj = family.obj.resolve(suffix)
+        except UsageError:
+            raise
+        except (LookupError, ValueError) as exc:
+            raise UsageError(f"unknown {what} {name!r}: {exc}") from None
+        if getattr(obj, "name", None) != name:
+            raise PluginError(
+                f"plugin {family.plugin!r} ({family.source}): family {family.name!r} resolved "
+                f"{name!r} to an object named {getattr(obj, 'name', None)!r}; it must be "
+                f"named {name!r}")
+        return Entry(self.kind, name, obj, family.plugin, family.source)
 
 
 @dataclass
@@ -93,11 +158,17 @@ class Registry:
         return getattr(self, kind)
 
     def entries(self) -> Iterator[Entry]:
+        """Every registered entry, families included (not the names resolved through them)."""
         for kind in KINDS:
-            yield from self.kind(kind).entries.values()
+            table = self.kind(kind)
+            yield from table.entries.values()
+            yield from table.families.values()
 
     def add(self, kind: str, obj: Any, plugin: str, source: str) -> None:
-        """Register ``obj`` under ``obj.name``; a duplicate name raises a PluginError."""
+        """Register ``obj`` under ``obj.name``; a duplicate name raises a PluginError.
+
+        A name ending with ``":"`` registers a family, which must have a ``resolve`` method.
+        """
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(
@@ -105,14 +176,20 @@ class Registry:
                 f"string `name` attribute: {obj!r}"
             )
         table = self.kind(kind)
-        if name in table.entries:
-            first = table.entries[name]
+        is_family = name.endswith(FAMILY_SUFFIX)
+        if is_family and not callable(getattr(obj, "resolve", None)):
+            raise PluginError(
+                f"plugin {plugin!r} ({source}) registered {SINGULAR[kind]} family {name!r} "
+                f"(a name ending with {FAMILY_SUFFIX!r}) without a `resolve(suffix)` method")
+        target = table.families if is_family else table.entries
+        if name in target:
+            first = target[name]
             raise PluginError(
                 f"duplicate {SINGULAR[kind]} name {name!r}: registered by plugin "
                 f"{first.plugin!r} ({first.source}) and by plugin {plugin!r} ({source}); "
                 f"uninstall or block one with {BLOCK_ENV}"
             )
-        table.entries[name] = Entry(kind, name, obj, plugin, source)
+        target[name] = Entry(kind, name, obj, plugin, source)
 
 
 def blocked_plugins() -> set[str]:
@@ -183,5 +260,5 @@ def load_registry(extra_plugins: Mapping[str, Any] | None = None) -> Registry:
 
 
 def resolve(registry: Registry, kind: str, names: list[str]) -> list[Any]:
-    """The objects of ``kind`` called ``names``; an unknown name is a UsageError."""
+    """The objects of ``kind`` called ``names``, through families too; unknown: a UsageError."""
     return [registry.kind(kind).get_entry(name).obj for name in names]

@@ -184,6 +184,7 @@ class Runner:
         except (ValueError, RuntimeError) as exc:
             raise UsageError(str(exc)) from None
         self.grid = calibration.threshold_grid(config.threshold_step)
+        self.strides: dict[str, int] = {}  # output stride each backbone was built with
 
     def _plugins(self, registry: Registry, kind: str, names: tuple[str, ...]) -> dict[str, Any]:
         """The named plugin objects of ``kind``, configured with the run's ``--option``s."""
@@ -229,7 +230,7 @@ class Runner:
         info["plugins"] = self.plugin_settings()
         info["effective"] = {"image_size": list(data.images.shape[2:]),
                              "in_chans": int(data.images.shape[1]),
-                             "output_stride": self.output_stride(data.images.shape[-1])}
+                             "output_stride": dict(self.strides)}
         return [self._row(r, info) for r in results.values()], folds
 
     def _run_fold(self, data: SliceSet, fold: int, train: np.ndarray, val: np.ndarray,
@@ -306,15 +307,24 @@ class Runner:
         return maps
 
     def _build(self, backbone, data: SliceSet):
-        """Build an untrained classifier with the run's output stride."""
+        """An untrained classifier at the run's output stride; in auto mode, stride 32 for a
+        backbone that cannot change its stride. The stride used is kept per backbone."""
+        in_chans = data.images.shape[1]
         stride = self.output_stride(data.images.shape[-1])
-        kwargs = {} if stride == 32 else {"output_stride": stride}
-        try:
-            return backbone.build(in_chans=data.images.shape[1], num_classes=2,
-                                  pretrained=False, **kwargs)
-        except TypeError as exc:
-            raise UsageError(f"backbone {backbone.name!r} does not take an output stride "
-                             f"({exc}); pass --output-stride 32") from None
+        if stride != 32:
+            try:
+                model = backbone.build(in_chans=in_chans, num_classes=2, pretrained=False,
+                                       output_stride=stride)
+                self.strides[backbone.name] = stride
+                return model
+            except (TypeError, ValueError) as exc:  # TypeError: build() has no output_stride
+                if self.config.output_stride != "auto":
+                    raise UsageError(f"backbone {backbone.name!r}: {exc}; pass "
+                                     f"--output-stride 32 or auto") from None
+                self.reporter.summary(f"[bold]backbone[/] {backbone.name}: output stride 32 "
+                                      f"({exc})")
+        self.strides[backbone.name] = 32
+        return backbone.build(in_chans=in_chans, num_classes=2, pretrained=False)
 
     def output_stride(self, image_size: int) -> int:
         if self.config.output_stride == "auto":

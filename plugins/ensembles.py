@@ -1,12 +1,34 @@
-"""The paper's set operators on the binary masks of M >= 2 backbones."""
+"""Ensembles of the binary masks of M >= 2 backbones: the paper's four and two more.
+
+Each ensemble implements ``combine(masks bool[M,B,H,W]) -> bool[B,H,W]`` (the contract), and
+declares its rule so that calibration can evaluate every threshold combination exactly from
+histograms instead of binarising per grid point:
+
+- ``pixel_rule = k``: a pixel is positive iff at least ``k(M)`` backbones say so
+  (``and``: M, ``or``: 1, ``vote``: ceil(M/2));
+- ``slice_rule = "smallest" | "largest"``: per slice, the mask of the backbone with the
+  fewest / most positive pixels (ties: the first backbone);
+- ``fuse(cams float[M,B,H,W]) -> float[B,H,W]``: the CAMs are fused first and thresholded
+  with one threshold (``mean``).
+
+A third-party ensemble that only implements ``combine`` is calibrated by a generic exact path.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from wsss_bench import hookimpl
+
+
+def _bool(masks: np.ndarray) -> np.ndarray:
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 4 or masks.shape[0] < 1:
+        raise ValueError(f"masks must be bool[M,B,H,W], got shape {masks.shape}")
+    return masks
 
 
 @dataclass(frozen=True)
@@ -15,8 +37,11 @@ class And:
     description: str = "intersection: a pixel is lesion only if every backbone says so"
     symbol: str = "and"
 
+    def pixel_rule(self, m: int) -> int:
+        return m
+
     def combine(self, masks: np.ndarray) -> np.ndarray:
-        return np.logical_and.reduce(masks, axis=0)
+        return np.logical_and.reduce(_bool(masks), axis=0)
 
 
 @dataclass(frozen=True)
@@ -25,11 +50,77 @@ class Or:
     description: str = "union: a pixel is lesion if any backbone says so"
     symbol: str = "or"
 
+    def pixel_rule(self, m: int) -> int:
+        return 1
+
     def combine(self, masks: np.ndarray) -> np.ndarray:
-        return np.logical_or.reduce(masks, axis=0)
+        return np.logical_or.reduce(_bool(masks), axis=0)
+
+
+@dataclass(frozen=True)
+class Vote:
+    name: str = "vote"
+    description: str = "majority: a pixel is lesion if at least half of the backbones say so"
+    symbol: str = "vote"
+
+    def pixel_rule(self, m: int) -> int:
+        return math.ceil(m / 2)  # ties count as positive
+
+    def combine(self, masks: np.ndarray) -> np.ndarray:
+        masks = _bool(masks)
+        return masks.sum(axis=0) >= self.pixel_rule(masks.shape[0])
+
+
+def _pick(masks: np.ndarray, largest: bool) -> np.ndarray:
+    masks = _bool(masks)
+    area = masks.sum(axis=(2, 3))  # [M,B]
+    choice = np.argmax(area, axis=0) if largest else np.argmin(area, axis=0)  # first on ties
+    return masks[choice, np.arange(masks.shape[1])]
+
+
+@dataclass(frozen=True)
+class Smaller:
+    name: str = "smaller"
+    description: str = "the paper's '<': per slice, the mask with the fewest lesion pixels"
+    symbol: str = "<"
+    slice_rule: str = "smallest"
+
+    def combine(self, masks: np.ndarray) -> np.ndarray:
+        return _pick(masks, largest=False)
+
+
+@dataclass(frozen=True)
+class Bigger:
+    name: str = "bigger"
+    description: str = "the paper's '>': per slice, the mask with the most lesion pixels"
+    symbol: str = ">"
+    slice_rule: str = "largest"
+
+    def combine(self, masks: np.ndarray) -> np.ndarray:
+        return _pick(masks, largest=True)
+
+
+@dataclass(frozen=True)
+class Mean:
+    """Fuses the CAMs (their mean) and thresholds the fused map with one threshold.
+
+    ``combine`` (masks only) is the best a mask ensemble can do with it: a pixel is positive
+    when at least half of the masks are, which equals thresholding the mean of the binary maps.
+    """
+
+    name: str = "mean"
+    description: str = "mean of the CAMs, thresholded with one threshold"
+    symbol: str = "mean"
+
+    def fuse(self, cams: np.ndarray) -> np.ndarray:
+        return np.asarray(cams, dtype=np.float64).mean(axis=0)
+
+    def combine(self, masks: np.ndarray) -> np.ndarray:
+        masks = _bool(masks)
+        return 2 * masks.sum(axis=0) >= masks.shape[0]
 
 
 @hookimpl
 def register_ensembles(register) -> None:
-    register(And())
-    register(Or())
+    for ensemble in (And(), Or(), Smaller(), Bigger(), Vote(), Mean()):
+        register(ensemble)

@@ -1,4 +1,6 @@
-"""Ensemble operators and filters: built-ins against NumPy, contracts over the registry."""
+"""Ensemble operators: built-ins against NumPy, contracts over the registry.
+
+The filters' tests live in tests/test_filters.py."""
 
 from __future__ import annotations
 
@@ -6,13 +8,11 @@ import numpy as np
 import pytest
 
 import wsss_bench
-from wsss_bench.contracts import Ensemble, Filter
+from wsss_bench.contracts import Ensemble
 from wsss_bench_plugins.ensembles import And, Or
-from wsss_bench_plugins.filters import NoFilter
 
 REGISTRY = wsss_bench.load_registry()
 ENSEMBLES = sorted(REGISTRY.ensembles)
-FILTERS = sorted(REGISTRY.filters)
 
 
 def random_masks(m: int, b: int = 3, h: int = 5, w: int = 7, seed: int = 0) -> np.ndarray:
@@ -50,17 +50,6 @@ def test_ensemble_names():
     assert {"and", "or"} <= set(ENSEMBLES)
 
 
-# ---------------------------------------------------------------- built-in filter
-
-
-def test_none_filter_keeps_every_pixel():
-    images = np.random.default_rng(0).random((3, 2, 6, 9)).astype(np.float32)
-    region = NoFilter().region(images)
-    assert region.dtype == bool and region.shape == (3, 6, 9)
-    assert region.all()
-    assert NoFilter().name == "none" and "none" in FILTERS
-
-
 # ---------------------------------------------------------------- contracts over the registry
 
 
@@ -79,19 +68,3 @@ def test_ensemble_contract(name, m):
     np.testing.assert_array_equal(op.combine(same), single)  # M identical masks -> that mask
     assert not op.combine(np.zeros((m, 2, 6, 9), bool)).any()
     assert op.combine(np.ones((m, 2, 6, 9), bool)).all()
-
-
-@pytest.mark.parametrize("name", FILTERS)
-def test_filter_contract(name):
-    flt = REGISTRY.filters[name]
-    assert isinstance(flt, Filter)
-    rng = np.random.default_rng(0)
-    images = rng.random((4, 1, 16, 24)).astype(np.float32)
-    if hasattr(flt, "fit"):
-        flt.fit(images, rng.random((4, 16, 24)) > 0.8)
-    original = images.copy()
-    region = np.asarray(flt.region(images))
-    assert region.dtype == bool and region.shape == (4, 16, 24)
-    np.testing.assert_array_equal(images, original)
-    # per-slice: a slice's region does not depend on the other slices of the batch
-    np.testing.assert_array_equal(np.asarray(flt.region(images[1:2]))[0], region[1])

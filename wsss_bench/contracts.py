@@ -108,7 +108,9 @@ class Ensemble(Protocol):
 class Filter(Protocol):
     """The region of each slice where CAMs are kept: ``images[B,C,H,W] -> bool[B,H,W]``.
 
-    A learned filter may also define ``fit(images, masks)``, called on training slices only.
+    A learned filter may also define ``fit(images, masks) -> Filter``: called with the fold's
+    training slices only, it returns a new, fitted filter; the registered object is shared by
+    every fold and must not change.
     """
 
     name: str

@@ -95,14 +95,16 @@ class MethodResult:
     cam: str | None
     ensemble: str | None
     filter: str | None
+    symbol: str | None = None  # how the ensemble is shown, e.g. the paper's '<' for smaller
     thresholds: list[list[float] | None] = field(default_factory=list)
     folds: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def method(self) -> str:
+        """The row key: ``ensemble(backbones) / cam / filter`` (the paper's symbol when set)."""
         if not self.backbones:
             return EMPTY
-        core = (f"{self.ensemble}({','.join(self.backbones)})" if self.ensemble
+        core = (f"{self.symbol or self.ensemble}({','.join(self.backbones)})" if self.ensemble
                 else self.backbones[0])
         return f"{core} / {self.cam} / {self.filter}"
 
@@ -154,7 +156,7 @@ def predict(model, images: np.ndarray, batch_size: int, device: torch.device) ->
 
 def _regions(filt, data: SliceSet, train: np.ndarray) -> np.ndarray:
     if hasattr(filt, "fit"):  # learned filters see the training slices only
-        filt.fit(data.images[train], data.masks[train])
+        filt = filt.fit(data.images[train], data.masks[train])  # a fitted copy
     return np.asarray(filt.region(data.images), dtype=bool)
 
 
@@ -264,7 +266,8 @@ class Runner:
                         metric=cfg.select_by, case_ids=ids_train, region=region[train])
                     pred = calibration.binarize(stack[:, val], found.thresholds, ensemble,
                                                 region[val])
-                    res = MethodResult(group, c_name, e_name, f_name)
+                    symbol = getattr(ensemble, "symbol", None) if ensemble else None
+                    res = MethodResult(group, c_name, e_name, f_name, symbol)
                     res = results.setdefault(res.method, res)
                     res.thresholds.append([float(t) for t in found.thresholds])
                     res.folds.append(score(pred, gt_val, ids_val))

@@ -166,6 +166,27 @@ def test_metric_values_vectorized_matches_per_candidate() -> None:
         metric_values(counts, "dice", cases)
 
 
+def test_confusion_from_counts_broadcasts() -> None:
+    # tp, predicted positives, gt positives, pixels -> (tp, fp, fn, tn)
+    got = metrics.confusion(np.array([[1, 2], [0, 3]]), np.array([[2, 2], [4, 3]]),
+                            np.array([3, 5]), 10)
+    assert got.dtype == np.int64 and got.shape == (2, 2, 4)
+    assert got.tolist() == [[[1, 1, 2, 6], [2, 0, 3, 5]], [[0, 4, 3, 3], [3, 0, 2, 5]]]
+    # the same as counting masks
+    rng = np.random.default_rng(4)
+    gt, pred = rng.random((2, 5, 6, 7)) < 0.4
+    tp = np.count_nonzero(pred & gt, axis=(1, 2))
+    want = slice_counts(pred, gt)
+    assert (metrics.confusion(tp, pred.sum(axis=(1, 2)), gt.sum(axis=(1, 2)), 42) == want).all()
+
+
+def test_dice_sum_is_the_unnormalised_mean() -> None:
+    counts = np.stack([slice_counts(PRED3, GT3), slice_counts(GT3, GT3)])  # [2, 3, 4]
+    np.testing.assert_allclose(metrics.dice_sum(counts), [5 / 3, 3.0], rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(metrics.dice_sum(counts) / 3,
+                                  metric_values(counts, "dice_slice"))
+
+
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError, match=r"\(2, 3, 3\).*\(2, 3, 4\)"):
         score(np.zeros((2, 3, 3), bool), np.zeros((2, 3, 4), bool))

@@ -1,4 +1,4 @@
-"""Threshold calibration: pick one CAM threshold per backbone on a grid.
+"""Threshold calibration: pick one CAM threshold per backbone on a grid, exactly.
 
 A pixel is positive iff ``cam > t`` (strict; compared exactly, in float64), so ``t = 1.0``
 gives an empty mask for CAMs in [0, 1]. CAMs outside a filter's region are zeroed first.
@@ -6,14 +6,39 @@ For M >= 2 backbones an ensemble combines the M binary masks. Every point of the
 grid is evaluated exactly and the best score wins; among equal scores the lowest grid index
 in C order (first backbone's threshold first) wins.
 
-This is the direct implementation: each CAM is binarized once per grid value and every
-combination is combined and counted. Its cost is O(pixels x grid^M).
+No mask is built per grid point (DESIGN.md, "Thresholds and calibration"). Each CAM value is
+quantized once to its bin ``b`` = the number of grid values strictly below it, so that
+``cam > t_i`` iff ``i < b`` (exactly as the float64 comparison decides it); the confusion
+counts of every grid point then follow from histograms of the bins and cumulative sums. With
+P pixels, M backbones, G grid values and N slices, per kind of ensemble:
+
+- one backbone, or an ensemble with ``fuse`` (the fused CAM gets ONE threshold): histogram of
+  ``(b, gt)``, suffix sums. O(P + G).
+- ``pixel_rule(m) = k`` (positive iff at least k of M backbones say so; and, or, vote): joint
+  histogram of ``(b_1..b_M, gt)``; the count of "at least k of the events b_m > i_m" by
+  inclusion-exclusion over subsets of backbones, each term an M-dimensional suffix sum.
+  O(P·M + 2^M·(G+1)^M).
+- ``slice_rule`` ("smallest" / "largest": per slice the mask with the fewest / most positive
+  pixels, ties to the first backbone): per-slice per-backbone histograms give every slice's
+  (tp, positives) at every threshold; per threshold tuple, the chosen backbone per slice.
+  O(P·M + N·M·G^M).
+- only ``combine`` (a third-party ensemble): the generic direct method, exact and slow: each
+  CAM is binarized once per grid value and every tuple is combined and counted. O(P·G^M).
+
+The metrics need pooled counts (``paper_miou``, ``paper_dsc``, ``dice_pooled``), per-slice
+counts (``dice_slice``) or per-case counts (``dice_volume``): the histograms are kept per group
+of slices (one group, each slice, each case), groups in chunks so that memory stays bounded by
+about ``_CHUNK_BYTES``. Pixels are processed in cache-sized blocks of slices. All counts are
+int64 and all scores come from :mod:`wsss_bench.metrics`, vectorized over the grid.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -21,15 +46,19 @@ import numpy as np
 from wsss_bench.metrics import (
     METRIC_NAMES,
     _as_bool,
-    _counts,
     case_indices,
-    foreground_dice,
+    confusion,
+    dice_sum,
     metric_values,
     to_numpy,
 )
 
-# Memory budget (bytes) for the per-chunk binarized masks and float64 CAM copies.
-_CHUNK_BYTES = 256 * 2**20
+# Memory budget (bytes) for the temporaries of one chunk of groups or slices.
+_CHUNK_BYTES = 128 * 2**20
+# Pixels (per backbone) quantized and counted at a time: keeps the temporaries in cache.
+_BLOCK_PIXELS = 2**16
+
+SLICE_RULES = ("smallest", "largest")
 
 
 def threshold_grid(step: float = 0.1) -> np.ndarray:
@@ -45,7 +74,8 @@ def threshold_grid(step: float = 0.1) -> np.ndarray:
 @dataclass(frozen=True)
 class GridResult:
     """The chosen thresholds (one per backbone), their grid indices, the best score and all
-    scores (one axis per backbone over the grid, shape ``(G,)*M``)."""
+    scores (one axis per backbone over the grid, shape ``(G,)*M``). An ensemble that fuses
+    the CAMs has one threshold and 1-D scores."""
 
     thresholds: tuple[float, ...]
     index: tuple[int, ...]
@@ -61,7 +91,7 @@ def _as_cams(cams: Any) -> np.ndarray:
         raise ValueError(f"cams must be float[M,N,H,W] or float[N,H,W], got shape {c.shape}")
     if not (np.issubdtype(c.dtype, np.floating) or np.issubdtype(c.dtype, np.integer)):
         raise ValueError(f"cams must be real numbers, got {c.dtype}")
-    if np.issubdtype(c.dtype, np.floating) and np.isnan(c).any():
+    if np.issubdtype(c.dtype, np.floating) and c.size and np.isnan(np.min(c)):
         raise ValueError("cams contain NaN")
     return c
 
@@ -75,6 +105,15 @@ def _check_masks(cams: np.ndarray, region: Any, name: str = "region") -> np.ndar
     return r
 
 
+def resolve_ensemble(ensemble: Any) -> Any:
+    """An ensemble object as given, or the registered ensemble of that name (a string)."""
+    if isinstance(ensemble, str):
+        from wsss_bench import load_registry
+
+        return load_registry().ensembles.get_entry(ensemble).obj  # UsageError when unknown
+    return ensemble
+
+
 def _combine(ensemble: Any, masks: np.ndarray) -> np.ndarray:
     out = np.asarray(ensemble.combine(masks))
     if out.shape != masks.shape[1:]:
@@ -85,6 +124,23 @@ def _combine(ensemble: Any, masks: np.ndarray) -> np.ndarray:
     return out if out.dtype == np.bool_ else out != 0
 
 
+def _fuse(ensemble: Any, cams: np.ndarray) -> np.ndarray:
+    """``ensemble.fuse`` of float64 cams [M,n,H,W] (already region-zeroed), checked."""
+    out = to_numpy(ensemble.fuse(cams))
+    if out.shape != cams.shape[1:]:
+        raise ValueError(
+            f"ensemble {getattr(ensemble, 'name', ensemble)!r} fused cams {cams.shape} into "
+            f"shape {out.shape}; expected {cams.shape[1:]}"
+        )
+    if not (np.issubdtype(out.dtype, np.floating) or np.issubdtype(out.dtype, np.integer)):
+        raise ValueError(f"fused cams must be real numbers, got {out.dtype}")
+    if out.dtype not in (np.float32, np.float64):
+        out = out.astype(np.float64)
+    if out.size and np.isnan(np.min(out)):
+        raise ValueError(f"ensemble {getattr(ensemble, 'name', ensemble)!r} fused cams to NaN")
+    return out
+
+
 def _positive(cams: np.ndarray, region: np.ndarray | None) -> np.ndarray:
     """float64 copy of cams [M,n,H,W] with values outside ``region`` [n,H,W] set to 0."""
     c = np.array(cams, dtype=np.float64)
@@ -93,22 +149,323 @@ def _positive(cams: np.ndarray, region: np.ndarray | None) -> np.ndarray:
     return c
 
 
+def _fuses(ensemble: Any) -> bool:
+    return callable(getattr(ensemble, "fuse", None))
+
+
 def binarize(cams: Any, thresholds: Any, ensemble: Any = None, region: Any = None) -> np.ndarray:
-    """Binary masks bool[N,H,W] from cams float[M,N,H,W] (or [N,H,W]) and M thresholds.
+    """Binary masks bool[N,H,W] from cams float[M,N,H,W] (or [N,H,W]) and their thresholds.
 
     Per backbone ``cams[m] > thresholds[m]`` after zeroing cams outside ``region``
-    (bool[N,H,W]); M >= 2 masks are combined by ``ensemble.combine``.
+    (bool[N,H,W]); M >= 2 masks are combined by ``ensemble.combine``. An ensemble with
+    ``fuse`` given ONE threshold thresholds the fused (region-zeroed) CAMs instead.
+    ``ensemble`` may be a registered ensemble's name.
     """
     c = _as_cams(cams)
+    ens = resolve_ensemble(ensemble)
     t = np.atleast_1d(np.asarray(to_numpy(thresholds), dtype=np.float64))
-    if t.shape != (c.shape[0],):
-        raise ValueError(f"need {c.shape[0]} thresholds (one per backbone), got {t.shape}")
-    masks = _positive(c, _check_masks(c, region)) > t[:, None, None, None]
-    if c.shape[0] == 1:
+    m = c.shape[0]
+    reg = _check_masks(c, region)
+    if m >= 2 and _fuses(ens) and t.shape == (1,):
+        return _fuse(ens, _positive(c, reg)) > t[0]
+    if t.shape != (m,):
+        raise ValueError(f"need {m} thresholds (one per backbone), got {t.shape}")
+    masks = _positive(c, reg) > t[:, None, None, None]
+    if m == 1:
         return masks[0]
-    if ensemble is None:
-        raise ValueError(f"{c.shape[0]} backbones need an ensemble to combine their masks")
-    return _combine(ensemble, masks)
+    if ens is None:
+        raise ValueError(f"{m} backbones need an ensemble to combine their masks")
+    return _combine(ens, masks)
+
+
+class _Grid:
+    """A threshold grid, sorted, that quantizes CAM values exactly.
+
+    ``bins(c)`` is the number of grid values strictly below each value of ``c``, so that
+    ``c > values[i]`` (float64) iff ``i < bins(c)``. On the uniform grid ``values[i] = i/n``
+    (what ``threshold_grid`` makes):
+
+    - float32 c: ``c·n`` is exact in float64 (24 + 20 bits), so ``ceil(c·n)`` counts the
+      exact fractions ``i/n`` below c; that equals the count of their float64 roundings below
+      c when no float32 lies between ``i/n`` and ``values[i]``, checked once per grid.
+    - otherwise ``j = rint(c·n)`` clipped to ``0..n`` is the grid point nearest to c up to
+      rounding (far from every other grid point), and ``b = j + (c > values[j])`` exactly; the
+      comparison is done in c's own float type against the smallest value above ``values[j]``.
+
+    Other grids use a binary search.
+    """
+
+    def __init__(self, thresholds: np.ndarray) -> None:
+        order = np.argsort(thresholds, kind="stable")
+        self.values = thresholds[order]
+        self.size = int(thresholds.size)
+        self.pos = np.empty_like(order)  # pos[i]: the sorted position of grid index i
+        self.pos[order] = np.arange(self.size)
+        self.identity = bool(np.array_equal(order, np.arange(self.size)))
+        n = self.size - 1
+        uniform = 1 <= n < 2**20 and np.array_equal(self.values, np.arange(n + 1) / n)
+        self.n = n if uniform else 0
+        self.zero_bin = int(np.searchsorted(self.values, 0.0, side="left"))
+        if uniform:
+            f = self.values.astype(np.float32)
+            above32 = np.where(f.astype(np.float64) > self.values, f,
+                               np.nextafter(f, np.float32(np.inf)))
+            self._above = {
+                np.dtype(np.float32): above32,
+                np.dtype(np.float64): np.nextafter(self.values, np.inf),
+            }
+        self.ceil32 = uniform and n <= 10_000 and self._ceil_is_exact_for_float32()
+
+    def _ceil_is_exact_for_float32(self) -> bool:
+        """No float32 lies between any fraction ``i/n`` and its float64 rounding."""
+        for i, v in enumerate(self.values.tolist()):
+            q, f = Fraction(i, self.n), Fraction(v)
+            if f < q:  # the smallest float32 above v must be above i/n too
+                up = np.float32(v)
+                if float(up) <= v:
+                    up = np.nextafter(up, np.float32(np.inf))
+                if Fraction(float(up)) <= q:
+                    return False
+            elif f > q:  # the largest float32 up to v must be at most i/n
+                down = np.float32(v)
+                if float(down) > v:
+                    down = np.nextafter(down, np.float32(-np.inf))
+                if Fraction(float(down)) > q:
+                    return False
+        return True
+
+    def bins(self, c: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """intp bins of the values ``c`` (any real dtype; compared as float64 would)."""
+        if c.dtype not in (np.float32, np.float64):
+            c = c.astype(np.float32 if c.dtype == np.float16 else np.float64)
+        if out is None:
+            out = np.empty(c.shape, dtype=np.intp)
+        if not self.n:
+            out[...] = np.searchsorted(self.values, c.astype(np.float64, copy=False), "left")
+            return out
+        if c.dtype == np.float32 and self.ceil32:
+            r = np.multiply(c, self.n, dtype=np.float64)
+            np.ceil(r, out=r)
+            np.clip(r, 0, self.n + 1, out=r)
+            np.copyto(out, r, casting="unsafe")
+            return out
+        r = np.multiply(c, c.dtype.type(self.n))
+        np.rint(r, out=r)
+        np.clip(r, 0, self.n, out=r)
+        np.copyto(out, r, casting="unsafe")
+        np.add(out, np.greater_equal(c, np.take(self._above[c.dtype], out)), out=out)
+        return out
+
+
+@dataclass
+class _Data:
+    """The validated inputs of one calibration."""
+
+    cams: np.ndarray  # [M,N,H,W]
+    gt: np.ndarray  # bool[N,H,W]
+    region: np.ndarray | None  # bool[N,H,W]
+    grid: _Grid
+    fuse: Any  # an ensemble whose fuse() makes ONE map, or None
+
+    @property
+    def hw(self) -> int:
+        return self.cams.shape[2] * self.cams.shape[3]
+
+    @property
+    def m(self) -> int:
+        """The number of maps that get a threshold (1 for a fusing ensemble)."""
+        return 1 if self.fuse is not None else self.cams.shape[0]
+
+    def blocks(self, sel: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
+        """For consecutive blocks ``sel[a:b]`` of slices: ``(bins int[m, pixels], gt
+        bool[pixels], a, b)``; CAMs outside the region count as 0 (bin ``zero_bin``)."""
+        hw, grid = self.hw, self.grid
+        step = max(1, _BLOCK_PIXELS // max(hw, 1))
+        for a in range(0, sel.size, step):
+            b = min(sel.size, a + step)
+            part = sel[a:b]
+            idx: slice | np.ndarray = part
+            if part.size == 1 or (np.diff(part) == 1).all():  # contiguous: views, no copies
+                idx = slice(int(part[0]), int(part[-1]) + 1)
+            cams = self.cams[:, idx]
+            reg = None if self.region is None else self.region[idx]
+            if self.fuse is not None:
+                zeroed = _positive(cams, reg)
+                cams = _fuse(self.fuse, zeroed)[None]
+                reg = None
+            flat = cams.reshape(cams.shape[0], -1)
+            bins = np.empty(flat.shape, dtype=np.intp)
+            for m in range(flat.shape[0]):
+                grid.bins(flat[m], out=bins[m])
+            if reg is not None:
+                keep = reg.reshape(-1)
+                if grid.zero_bin == 0:
+                    np.multiply(bins, keep, out=bins)
+                else:
+                    bins[:, ~keep] = grid.zero_bin
+            yield bins, self.gt[idx].reshape(-1), a, b
+
+
+def _suffix(a: np.ndarray, axis: int) -> np.ndarray:
+    """``out[i] = sum(a[i+1:])`` along ``axis`` (length shrinks by one)."""
+    s = np.flip(np.cumsum(np.flip(a, axis), axis=axis), axis)
+    return s[(slice(None),) * axis + (slice(1, None),)]
+
+
+def _at_least_k(hist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, positives) int64[ng, G^M] of "positive iff >= k of the M events ``b_m > i_m``"
+    from joint histograms ``hist`` int64[ng, (G+1)^M, 2] (last axis: gt).
+
+    Inclusion-exclusion: #(at least k) = sum over subsets S with |S| >= k of
+    ``(-1)^(|S|-k) C(|S|-1, k-1) N(S)``, N(S) = #(every event in S), a suffix sum over S.
+    """
+    ng, m = hist.shape[0], hist.ndim - 2
+    g = hist.shape[1] - 1
+    both = np.stack([hist.sum(axis=-1), hist[..., 1]])  # [2, ng, (G+1)^M]: positives, tp
+    out = np.zeros((2, ng) + (g,) * m, dtype=np.int64)
+    if k <= 0:  # every pixel is positive
+        out += both.reshape(2, ng, -1).sum(axis=-1).reshape((2, ng) + (1,) * m)
+        return out[1].reshape(ng, -1), out[0].reshape(ng, -1)
+    for size in range(k, m + 1):  # none when k > M: no pixel is positive
+        coef = (-1) ** (size - k) * math.comb(size - 1, k - 1)
+        for subset in itertools.combinations(range(m), size):
+            others = tuple(2 + j for j in range(m) if j not in subset)
+            term = both.sum(axis=others, keepdims=True) if others else both
+            for j in subset:
+                term = _suffix(term, 2 + j)
+            out += coef * term
+    return out[1].reshape(ng, -1), out[0].reshape(ng, -1)
+
+
+def _pixel_rule_counts(data: _Data, sel: np.ndarray, group: np.ndarray, ng: int,
+                       k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, positives) int64[ng, G^M] of a k-of-M ensemble (M = 1: the plain threshold)."""
+    m, g1, hw = data.m, data.grid.size + 1, data.hw
+    cells = g1**m * 2
+    hist = np.zeros((ng, cells), dtype=np.int64)
+    for bins, gt, a, b in data.blocks(sel):
+        idx = bins[0]
+        for j in range(1, m):
+            idx *= g1
+            idx += bins[j]
+        idx *= 2
+        idx += gt
+        lo, hi = int(group[a]), int(group[b - 1]) + 1
+        if hi - lo > 1:
+            idx += np.repeat((group[a:b] - lo) * cells, hw)
+        hist[lo:hi] += np.bincount(idx, minlength=(hi - lo) * cells).reshape(hi - lo, cells)
+    return _at_least_k(hist.reshape((ng,) + (g1,) * m + (2,)), k)
+
+
+def _slice_counts(data: _Data, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice of ``sel``, backbone and threshold: (positives, tp) int[n, M, G]."""
+    m, g, hw = data.m, data.grid.size, data.hw
+    cells = (g + 1) * 2
+    hist = np.zeros((sel.size, m, cells), dtype=np.int64)
+    offsets = np.repeat(np.arange(max(1, _BLOCK_PIXELS // max(hw, 1))) * cells, hw)
+    for bins, gt, a, b in data.blocks(sel):
+        base = offsets[: gt.size] + gt  # the slice's histogram, then the gt bit
+        for j in range(m):
+            idx = bins[j]
+            idx *= 2
+            idx += base
+            hist[a:b, j] += np.bincount(idx, minlength=(b - a) * cells).reshape(b - a, cells)
+    hist = hist.reshape(sel.size, m, g + 1, 2)
+    small = np.int32 if hw < 2**31 else np.int64  # half the memory traffic below
+    return _suffix(hist.sum(axis=-1), 2).astype(small), _suffix(hist[..., 1], 2).astype(small)
+
+
+def _slice_rule_counts(data: _Data, sel: np.ndarray, group: np.ndarray, ng: int,
+                       largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, positives) int64[ng, G^M] when each slice takes the mask of the backbone with the
+    most (``largest``) or fewest positive pixels, ties to the first backbone."""
+    m, g = data.m, data.grid.size
+    k = g**m
+    tp = np.zeros((ng, k), dtype=np.int64)
+    pp = np.zeros((ng, k), dtype=np.int64)
+    span = max(1, _CHUNK_BYTES // (m * (g + 1) * 2 * 8 * 4))  # slices whose histograms fit
+    rows = max(1, min(_CHUNK_BYTES, _BLOCK_PIXELS * 32) // (k * 4 * 8))  # cache-sized
+    for s0 in range(0, sel.size, span):
+        area, hits = _slice_counts(data, sel[s0:s0 + span])
+        for a in range(0, area.shape[0], rows):
+            b = min(area.shape[0], a + rows)
+
+            def axis(x: np.ndarray, j: int, a: int = a, b: int = b) -> np.ndarray:
+                shape = [b - a] + [1] * m
+                shape[1 + j] = g
+                return x[a:b, j].reshape(shape)
+
+            best_area, best_hits = axis(area, 0), axis(hits, 0)
+            for j in range(1, m):
+                cand_area, cand_hits = axis(area, j), axis(hits, j)
+                better = cand_area > best_area if largest else cand_area < best_area
+                best_area = np.where(better, cand_area, best_area)
+                best_hits = np.where(better, cand_hits, best_hits)
+            part = group[s0 + a:s0 + b]
+            starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
+            for acc, x in ((tp, best_hits), (pp, best_area)):
+                x = np.broadcast_to(x, (b - a,) + (g,) * m).reshape(b - a, k)
+                if starts.size == 1:
+                    acc[part[0]] += x.sum(axis=0, dtype=np.int64)
+                else:
+                    acc[part[starts]] += np.add.reduceat(x, starts, axis=0, dtype=np.int64)
+    return tp, pp
+
+
+def _generic_counts(data: _Data, sel: np.ndarray, group: np.ndarray, ng: int,
+                    ensemble: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(tp, positives) int64[ng, G^M] of an ensemble with only ``combine``: every CAM is
+    binarized once per grid value, every threshold tuple is combined and counted."""
+    m, grid, hw = data.m, data.grid.values, data.hw
+    combos = list(itertools.product(range(grid.size), repeat=m))
+    k = len(combos)
+    tp = np.zeros((ng, k), dtype=np.int64)
+    pp = np.zeros((ng, k), dtype=np.int64)
+    # Per slice: M*G mask bytes, M float64 CAMs, a stacked M-mask copy, the combined mask.
+    per_slice = hw * (m * grid.size + 8 * m + m + 2) + 16 * k
+    rows = max(1, _CHUNK_BYTES // max(per_slice, 1))
+    backbones = np.arange(m)
+    for a in range(0, sel.size, rows):
+        b = min(sel.size, a + rows)
+        part = sel[a:b]
+        cams = _positive(data.cams[:, part], None if data.region is None else data.region[part])
+        masks = cams[:, None] > grid[None, :, None, None, None]  # [M,G,n,H,W]
+        del cams
+        gt = data.gt[part]
+        hits = np.empty((b - a, k), dtype=np.int64)
+        area = np.empty((b - a, k), dtype=np.int64)
+        for ki, idx in enumerate(combos):
+            pred = _combine(ensemble, masks[backbones, np.asarray(idx)])
+            hits[:, ki] = np.count_nonzero(pred & gt, axis=(1, 2))
+            area[:, ki] = np.count_nonzero(pred, axis=(1, 2))
+        local = group[a:b]
+        starts = np.flatnonzero(np.r_[True, local[1:] != local[:-1]])
+        tp[local[starts]] += np.add.reduceat(hits, starts, axis=0)
+        pp[local[starts]] += np.add.reduceat(area, starts, axis=0)
+    return tp, pp
+
+
+def _rule(ensemble: Any, m: int) -> tuple[str, Any]:
+    """How to count an ensemble of m >= 2 backbones: ("fuse" | "pixel" | "slice" | "generic",
+    its parameter)."""
+    if _fuses(ensemble):
+        return "fuse", None
+    rule = getattr(ensemble, "pixel_rule", None)
+    if rule is not None:
+        k = rule(m) if callable(rule) else rule
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"ensemble {ensemble.name!r}: pixel_rule({m}) must be an int, "
+                             f"got {k!r}")
+        return "pixel", int(k)
+    rule = getattr(ensemble, "slice_rule", None)
+    if rule is not None:
+        if rule not in SLICE_RULES:
+            raise ValueError(f"ensemble {ensemble.name!r}: slice_rule must be one of "
+                             f"{SLICE_RULES}, got {rule!r}")
+        return "slice", rule == "largest"
+    if not callable(getattr(ensemble, "combine", None)):
+        raise ValueError(f"{ensemble!r} is not an ensemble: it has no combine()")
+    return "generic", ensemble
 
 
 def grid_search(
@@ -124,9 +481,11 @@ def grid_search(
     """Evaluate every point of the product threshold grid exactly; return the best.
 
     ``cams`` float[M,N,H,W] (or [N,H,W] for one backbone), ``gt`` bool[N,H,W],
+    ``ensemble`` an ensemble or a registered ensemble's name (needed for M >= 2),
     ``thresholds`` a 1-D grid (default ``threshold_grid(0.1)``), ``metric`` one of
     ``METRIC_NAMES``, ``case_ids`` the case of each slice (for ``dice_volume``), ``region``
     bool[N,H,W] (cams outside it are zeroed). Ties go to the lowest C-order grid index.
+    An ensemble with ``fuse`` is calibrated with one threshold on the fused CAMs.
     """
     c = _as_cams(cams)
     m, n, h, w = c.shape
@@ -134,55 +493,72 @@ def grid_search(
     if g.shape != (n, h, w):
         raise ValueError(f"gt shape {g.shape} does not match cams {c.shape} ([M,N,H,W])")
     reg = _check_masks(c, region)
-    grid = threshold_grid(0.1) if thresholds is None else to_numpy(thresholds)
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all():
-        raise ValueError(f"thresholds must be a non-empty finite 1-D grid, got {grid!r}")
+    values = threshold_grid(0.1) if thresholds is None else to_numpy(thresholds)
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
+        raise ValueError(f"thresholds must be a non-empty finite 1-D grid, got {values!r}")
     if metric not in METRIC_NAMES:
         raise ValueError(f"unknown metric {metric!r}; expected one of {METRIC_NAMES}")
-    if m >= 2 and ensemble is None:
+    ens = resolve_ensemble(ensemble)
+    if m >= 2 and ens is None:
         raise ValueError(f"{m} backbones need an ensemble to combine their masks")
     if n == 0:
         raise ValueError("cannot calibrate on zero slices")
     case_index = case_indices(case_ids, n)
-    n_cases = int(case_index.max()) + 1
 
-    n_grid = grid.size
-    combos = list(itertools.product(range(n_grid), repeat=m))
-    k = len(combos)
-    per_case = np.zeros((n_cases, k, 4), dtype=np.int64)
-    dice_sum = np.zeros(k)
-    # Per slice: M*G mask bytes, M float64 CAMs, a stacked M-mask copy, the combined mask.
-    per_slice = h * w * (m * n_grid + 8 * m + m + 2) + 32 * k
-    chunk = max(1, _CHUNK_BYTES // max(per_slice, 1))
-    backbones = np.arange(m)
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        cc = _positive(c[:, sl], None if reg is None else reg[sl])
-        masks = cc[:, None] > grid[None, :, None, None, None]  # [M,G,n,H,W]
-        del cc
-        gt_c = g[sl]
-        gt_count = np.count_nonzero(gt_c, axis=(1, 2))
-        counts = np.empty((k, gt_c.shape[0], 4), dtype=np.int64)
-        for ki, idx in enumerate(combos):
-            if m == 1:
-                pred = masks[0, idx[0]]
-            else:
-                pred = _combine(ensemble, masks[backbones, np.asarray(idx)])
-            counts[ki] = _counts(pred, gt_c, gt_count)
-        np.add.at(per_case, case_index[sl], counts.transpose(1, 0, 2))
-        if metric == "dice_slice":
-            dice_sum += foreground_dice(counts).sum(axis=1)
+    kind, param = ("pixel", 1) if m == 1 else _rule(ens, m)
+    grid = _Grid(values)
+    data = _Data(c, g, reg, grid, ens if kind == "fuse" else None)
+    if kind == "fuse":
+        kind, param = "pixel", 1
+
+    # Groups of slices whose counts a metric needs: all slices, each slice, or each case.
     if metric == "dice_slice":
-        values = dice_sum / n
+        group = np.arange(n)
+    elif metric == "dice_volume":
+        group = case_index
     else:
-        values = metric_values(per_case.transpose(1, 0, 2), metric, np.arange(n_cases))
+        group = np.zeros(n, dtype=np.int64)
+    n_groups = int(group.max()) + 1
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    bounds = np.searchsorted(sorted_group, np.arange(n_groups + 1))
+    positives = np.zeros(n_groups, dtype=np.int64)
+    np.add.at(positives, group, np.count_nonzero(g, axis=(1, 2)).astype(np.int64))
+    pixels = np.diff(bounds).astype(np.int64) * (h * w)
 
-    best = int(np.argmax(values))
-    index = tuple(int(i) for i in np.unravel_index(best, (n_grid,) * m))
+    dims = data.m
+    k = grid.size**dims
+    per_group = k * 8 * 12
+    if kind == "pixel":
+        per_group += (grid.size + 1) ** dims * 2 * 8 * 6
+    chunk = max(1, _CHUNK_BYTES // per_group)
+    pooled = metric not in ("dice_slice", "dice_volume")
+    total = np.zeros(k)
+    for g0 in range(0, n_groups, chunk):
+        g1 = min(n_groups, g0 + chunk)
+        sel = order[bounds[g0]:bounds[g1]]
+        local = sorted_group[bounds[g0]:bounds[g1]] - g0
+        if kind == "pixel":
+            tp, pp = _pixel_rule_counts(data, sel, local, g1 - g0, param)
+        elif kind == "slice":
+            tp, pp = _slice_rule_counts(data, sel, local, g1 - g0, param)
+        else:
+            tp, pp = _generic_counts(data, sel, local, g1 - g0, param)
+        counts = confusion(tp.T, pp.T, positives[g0:g1], pixels[g0:g1])  # [K, groups, 4]
+        if pooled:
+            total = metric_values(counts, metric)
+        else:
+            total += dice_sum(counts)
+    scores = (total if pooled else total / n_groups).reshape((grid.size,) * dims)
+    if not grid.identity:  # back from the sorted grid to the given order
+        scores = scores[np.ix_(*[grid.pos] * dims)]
+
+    best = int(np.argmax(scores))
+    index = tuple(int(i) for i in np.unravel_index(best, scores.shape))
     return GridResult(
-        thresholds=tuple(float(grid[i]) for i in index),
+        thresholds=tuple(float(values[i]) for i in index),
         index=index,
-        score=float(values[best]),
-        scores=values.reshape((n_grid,) * m),
+        score=float(scores.flat[best]),
+        scores=scores,
     )

@@ -1,7 +1,8 @@
 """Segmentation metrics from per-slice confusion counts.
 
-Every metric is computed from int64 confusion counts ``(tp, fp, fn, tn)`` per slice, so that
-scores of many candidate predictions (calibration) and of whole folds are cheap and exact.
+Every metric is computed from int64 confusion counts ``(tp, fp, fn, tn)`` per slice (or per
+group of slices), so that scores of many candidate predictions (calibration: every point of a
+threshold grid at once, from one pass of counts) and of whole folds are cheap and exact.
 Names (used verbatim in code, JSON and leaderboards):
 
 - ``paper_miou``: counts pooled over all slices; mean of background IoU ``tn/(tn+fp+fn)`` and
@@ -55,14 +56,20 @@ def slice_counts(pred: Any, gt: Any) -> np.ndarray:
 
 def _counts(pred: np.ndarray, gt: np.ndarray, gt_count: np.ndarray) -> np.ndarray:
     """Counts of bool[N,H,W] ``pred`` against ``gt`` given ``gt``'s per-slice positives."""
-    n, h, w = pred.shape
+    _, h, w = pred.shape
     tp = np.count_nonzero(pred & gt, axis=(1, 2))
-    n_pred = np.count_nonzero(pred, axis=(1, 2))
-    out = np.empty((n, 4), dtype=np.int64)
-    out[:, 0] = tp
-    out[:, 1] = n_pred - tp
-    out[:, 2] = gt_count - tp
-    out[:, 3] = h * w - n_pred - out[:, 2]
+    return confusion(tp, np.count_nonzero(pred, axis=(1, 2)), gt_count, h * w)
+
+
+def confusion(tp: Any, predicted: Any, positives: Any, pixels: Any) -> np.ndarray:
+    """Confusion counts ``int64[...,4]`` (tp, fp, fn, tn) from true positives, predicted
+    positives, ground-truth positives and pixel counts (broadcast against each other)."""
+    tp, pp, pos, tot = (np.asarray(x, dtype=np.int64) for x in (tp, predicted, positives, pixels))
+    out = np.empty(np.broadcast_shapes(tp.shape, pp.shape, pos.shape, tot.shape) + (4,), np.int64)
+    out[..., 0] = tp
+    np.subtract(pp, tp, out=out[..., 1])
+    np.subtract(pos, tp, out=out[..., 2])
+    np.subtract(tot - pp, out[..., 2], out=out[..., 3])
     return out
 
 
@@ -72,6 +79,11 @@ def foreground_dice(counts: np.ndarray) -> np.ndarray:
     num = 2 * c[..., 0]
     den = num + c[..., 1] + c[..., 2]
     return np.divide(num, den, out=np.ones(den.shape), where=den != 0)
+
+
+def dice_sum(counts: np.ndarray) -> np.ndarray:
+    """Sum of the foreground Dice over axis 1 of counts ``[K,C,4]`` -> float64[K]."""
+    return foreground_dice(counts).sum(axis=1)
 
 
 def _iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
@@ -122,7 +134,7 @@ def metric_values(counts: Any, name: str, case_index: Any = None) -> np.ndarray:
         miou = (_iou(tn, tn + fp + fn) + _iou(tp, tp + fp + fn)) / 2.0
         return miou if name == "paper_miou" else 2.0 * miou / (1.0 + miou)
     if name == "dice_slice":
-        return foreground_dice(c).sum(axis=1) / n
+        return dice_sum(c) / n
     if name == "dice_volume":
         if case_index is None:
             per_case = c.sum(axis=1, dtype=np.int64)[:, None, :]
@@ -131,7 +143,7 @@ def metric_values(counts: Any, name: str, case_index: Any = None) -> np.ndarray:
             if idx.shape != (n,) or not np.issubdtype(idx.dtype, np.integer):
                 raise ValueError(f"case_index must be int[{n}], got {idx.dtype}{list(idx.shape)}")
             per_case = _case_sums(c, idx)
-        return foreground_dice(per_case).sum(axis=1) / per_case.shape[1]
+        return dice_sum(per_case) / per_case.shape[1]
     raise ValueError(f"unknown metric {name!r}; expected one of {METRIC_NAMES}")
 
 

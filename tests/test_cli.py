@@ -184,3 +184,30 @@ def test_run_evaluates_each_cam_and_records_plugin_options(tmp_path):
             assert settings["smoothgradcam++"] == {"samples": 2, "sigma": 0.1, "seed": 0,
                                                    "max_batch": 256}
             assert settings["phantom"]["n_cases"] == 6 and settings["phantom"]["size"] == 64
+
+
+@pytest.mark.slow
+def test_run_with_every_ensemble_and_filter(tmp_path):
+    lb = tmp_path / "lb"
+    done = cli("run", *SMALL, "--backbones", "resnet18,resnet34",
+               "--ensembles", "and,or,smaller,bigger,vote,mean",
+               "--filters", "none,center-box,brain,brain-band,learned-box",
+               "-o", "center-box.side=0.75", "--select-by", "dice_volume",
+               "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb))
+    assert done.returncode == 0, done.stderr
+    rows = {r["method"]: r for r in json.loads((lb / "phantom.json").read_text())["rows"]}
+    filters = ("none", "center-box", "brain", "brain-band", "learned-box")
+    cores = ("and(", "or(", "<(", ">(", "vote(", "mean(")  # the paper's symbols for '<' and '>'
+    for f in filters:
+        for core in cores:
+            row = rows[f"{core}resnet18,resnet34) / gradcam / {f}"]
+            if core == "mean(":  # one threshold for the fused CAM
+                assert all(len(t) == 1 for t in row["thresholds"])
+            else:
+                _check_row_schema(row, n_folds=2)
+            assert row["run"]["config"]["select_by"] == "dice_volume"
+    assert rows["<(resnet18,resnet34) / gradcam / none"]["ensemble"] == "smaller"
+    assert rows["and(resnet18,resnet34) / gradcam / center-box"]["run"]["plugins"][
+        "center-box"]["side"] == 0.75
+    md = (lb / "phantom.md").read_text()
+    assert "| <(resnet18,resnet34) / gradcam / none |" in md

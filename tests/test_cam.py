@@ -352,7 +352,21 @@ REGISTERED_CAMS = sorted(wsss_bench.load_registry().cams)
 
 @pytest.mark.parametrize("name", REGISTERED_CAMS)
 def test_cam_contract(name):
-    method = wsss_bench.load_registry().cams[name]
+    check_cam_contract(wsss_bench.load_registry().cams[name])
+
+
+def test_cam_contract_holds_for_third_party_cams_installed_at_test_time(use_dist):
+    use_dist("example")  # a separately installed distribution, found by its entry point
+    registry = wsss_bench.load_registry()
+    third_party = [e for e in registry.entries()
+                   if e.kind == "cams" and e.source != "wsss-bench"]
+    assert [e.name for e in third_party] == ["activation-mean"]
+    for entry in third_party:
+        check_cam_contract(entry.obj)
+
+
+def check_cam_contract(method) -> None:
+    """The CAM contract of DESIGN.md, on a small CNN."""
     assert isinstance(method, Cam)
     model = small_cnn()
     before = copy.deepcopy(model.state_dict())

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.benchmarks.report import report_targets
 from tests.calibration_oracle import oracle_grid_search
 from wsss_bench.calibration import grid_search, threshold_grid
 from wsss_bench_plugins.ensembles import And, Bigger, Or, Smaller
@@ -154,14 +155,4 @@ def test_speed_targets() -> None:
             (f"{name}: grid_search 101×101 ≤ {MAX_FINE_GRID_RATIO:g} × 11×11", g101,
              MAX_FINE_GRID_RATIO * g11),
         ]
-    report = [_table(), "", "| target | measured s | limit s | met |", "|---|---:|---:|---|"]
-    report += [f"| {name} | {got:.3f} | {limit:.3f} | {'yes' if got <= limit else 'NO'} |"
-               for name, got, limit in checks]
-    text = "\n".join(report) + "\n"
-    print("\n" + text)
-    if out := os.environ.get("WSSS_BENCH_TABLE"):
-        Path(out).write_text(text, encoding="utf-8")
-
-    missed = [f"{name}: {got:.3f}s > {limit:.3f}s ({got / limit:.2f}× the limit)"
-              for name, got, limit in checks if got > limit]
-    assert not missed, "speed targets missed:\n" + "\n".join(missed)
+    report_targets(_table(), checks)

@@ -46,16 +46,15 @@ of it, and the run is only meaningful on an otherwise idle machine (about a minu
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.benchmarks.report import report_targets
 from wsss_bench_plugins.cams import GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus
 
 GROUP = "cam resnet34 b32 128px"
@@ -236,14 +235,4 @@ def test_speed_targets():
     checks.append((f"ours smoothgradcam++ (n={n}) ≤ ({n}+1) × {MAX_FORWARDS_PER_CAM:g} × forward",
                    m["ours_smoothgradcampp"], (n + 1) * MAX_FORWARDS_PER_CAM * fwd))
 
-    report = [_table(), "", "| target | measured s | limit s | met |", "|---|---:|---:|---|"]
-    report += [f"| {name} | {got:.3f} | {limit:.3f} | {'yes' if got <= limit else 'NO'} |"
-               for name, got, limit in checks]
-    text = "\n".join(report) + "\n"
-    print("\n" + text)
-    if out := os.environ.get("WSSS_BENCH_TABLE"):
-        Path(out).write_text(text, encoding="utf-8")
-
-    missed = [f"{name}: {got:.3f}s > {limit:.3f}s ({got / limit:.2f}× the limit)"
-              for name, got, limit in checks if got > limit]
-    assert not missed, "speed targets missed:\n" + "\n".join(missed)
+    report_targets(_table(), checks)

@@ -25,6 +25,13 @@ def _size(images: torch.Tensor) -> tuple[int, int]:
     return (int(images.shape[-2]), int(images.shape[-1]))
 
 
+def _gradient_cam(model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
+                  target: Target, saliency) -> torch.Tensor:
+    """One engine pass, then ``finish_cam(saliency(g, A))`` with ``saliency -> [B,h,w]``."""
+    cap = activations_and_gradients(model, target_layer, images, target)
+    return finish_cam(saliency(cap.gradients, cap.activations), _size(images))
+
+
 def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
     """Σ_k w_k A_k for per-sample channel weights [B,K]."""
     return (weights[:, :, None, None] * activations).sum(dim=1)
@@ -45,6 +52,14 @@ def plusplus_weights(g: torch.Tensor, activations: torch.Tensor) -> torch.Tensor
     return alpha_relu.sum(dim=(2, 3))
 
 
+def xgrad_weights(g: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM channel weights Σ_ij g·A / S_k, no ε (S_k = 0 gives weight 0)."""
+    s = activations.sum(dim=(2, 3))
+    num = (g * activations).sum(dim=(2, 3))
+    return torch.where(s != 0, num / torch.where(s != 0, s, torch.ones_like(s)),
+                       torch.zeros_like(s))
+
+
 @dataclass(frozen=True)
 class GradCAM:
     name: str = "gradcam"
@@ -52,9 +67,8 @@ class GradCAM:
 
     def cam(self, model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
             target: Target = None) -> torch.Tensor:
-        cap = activations_and_gradients(model, target_layer, images, target)
-        weights = cap.gradients.mean(dim=(2, 3))
-        return finish_cam(_weighted_sum(weights, cap.activations), _size(images))
+        return _gradient_cam(model, target_layer, images, target,
+                             lambda g, a: _weighted_sum(g.mean(dim=(2, 3)), a))
 
 
 @dataclass(frozen=True)
@@ -64,9 +78,8 @@ class GradCAMPlusPlus:
 
     def cam(self, model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
             target: Target = None) -> torch.Tensor:
-        cap = activations_and_gradients(model, target_layer, images, target)
-        weights = plusplus_weights(cap.gradients, cap.activations)
-        return finish_cam(_weighted_sum(weights, cap.activations), _size(images))
+        return _gradient_cam(model, target_layer, images, target,
+                             lambda g, a: _weighted_sum(plusplus_weights(g, a), a))
 
 
 @dataclass(frozen=True)
@@ -109,8 +122,8 @@ class HiResCAM:
 
     def cam(self, model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
             target: Target = None) -> torch.Tensor:
-        cap = activations_and_gradients(model, target_layer, images, target)
-        return finish_cam((cap.gradients * cap.activations).sum(dim=1), _size(images))
+        return _gradient_cam(model, target_layer, images, target,
+                             lambda g, a: (g * a).sum(dim=1))
 
 
 @dataclass(frozen=True)
@@ -120,12 +133,8 @@ class XGradCAM:
 
     def cam(self, model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
             target: Target = None) -> torch.Tensor:
-        cap = activations_and_gradients(model, target_layer, images, target)
-        s = cap.activations.sum(dim=(2, 3))
-        num = (cap.gradients * cap.activations).sum(dim=(2, 3))
-        weights = torch.where(s != 0, num / torch.where(s != 0, s, torch.ones_like(s)),
-                              torch.zeros_like(s))
-        return finish_cam(_weighted_sum(weights, cap.activations), _size(images))
+        return _gradient_cam(model, target_layer, images, target,
+                             lambda g, a: _weighted_sum(xgrad_weights(g, a), a))
 
 
 @dataclass(frozen=True)
@@ -135,9 +144,8 @@ class LayerCAM:
 
     def cam(self, model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
             target: Target = None) -> torch.Tensor:
-        cap = activations_and_gradients(model, target_layer, images, target)
-        return finish_cam((torch.relu(cap.gradients) * cap.activations).sum(dim=1),
-                          _size(images))
+        return _gradient_cam(model, target_layer, images, target,
+                             lambda g, a: (torch.relu(g) * a).sum(dim=1))
 
 
 @hookimpl

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import wsss_bench
+from tests.torch_helpers import target_output
 from wsss_bench.contracts import Backbone
 from wsss_bench_plugins.backbones import TimmBackbone
 
@@ -22,18 +23,6 @@ FIXED_STRIDE = {"vgg19"}  # timm cannot dilate these
 STRIDABLE = [n for n in BACKBONES if n not in FIXED_STRIDE]
 
 
-def target_output(backbone, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The target layer's output during a forward pass (which must call it)."""
-    seen: list[torch.Tensor] = []
-    handle = backbone.target_layer(model).register_forward_hook(
-        lambda _m, _i, out: seen.append(out))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    assert len(seen) == 1, "the target layer must run exactly once per forward pass"
-    return seen[0]
 
 
 def test_builtin_backbones_are_registered():

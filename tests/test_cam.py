@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import wsss_bench
+from tests.torch_helpers import all_hooks, assert_clean
 from wsss_bench.cam_engine import activations_and_gradients, finish_cam, resolve_targets
 from wsss_bench.contracts import Cam
 from wsss_bench_plugins.cams import GradCAM
@@ -88,17 +89,8 @@ def reference_gradcam(model: SmallCNN, x: torch.Tensor, target: torch.Tensor | N
     return torch.stack(out)
 
 
-def all_hooks(model: nn.Module) -> list[object]:
-    hooks: list[object] = []
-    for mod in model.modules():
-        hooks += list(mod._forward_hooks.values()) + list(mod._forward_pre_hooks.values())
-        hooks += list(mod._backward_hooks.values())
-    return hooks
 
 
-def assert_clean(model: nn.Module) -> None:
-    assert all_hooks(model) == []
-    assert all(p.grad is None for p in model.parameters())
 
 
 # ---------------------------------------------------------------- golden values

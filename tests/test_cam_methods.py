@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.torch_helpers import all_hooks, assert_clean
 from wsss_bench.cam_engine import finish_cam, resolve_targets, smooth_gradients
 from wsss_bench_plugins.cams import (
     GradCAM,
@@ -89,17 +90,8 @@ ALL_CAMS = [GradCAM(), GradCAMPlusPlus(), SmoothGradCAMPlusPlus(samples=3, sigma
 CAM_IDS = [c.name for c in ALL_CAMS]
 
 
-def all_hooks(model: nn.Module) -> list[object]:
-    hooks: list[object] = []
-    for mod in model.modules():
-        hooks += list(mod._forward_hooks.values()) + list(mod._forward_pre_hooks.values())
-        hooks += list(mod._backward_hooks.values())
-    return hooks
 
 
-def assert_clean(model: nn.Module) -> None:
-    assert all_hooks(model) == []
-    assert all(p.grad is None for p in model.parameters())
 
 
 # ================================================================ float64 references

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import wsss_bench
+from tests.torch_helpers import target_output
 from wsss_bench import cli
 from wsss_bench.contracts import Backbone
 from wsss_bench.errors import PluginError, UsageError
@@ -22,17 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 REGISTRY = wsss_bench.load_registry()
 
 
-def target_output(backbone, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    seen: list[torch.Tensor] = []
-    handle = backbone.target_layer(model).register_forward_hook(
-        lambda _m, _i, out: seen.append(out))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    assert len(seen) == 1
-    return seen[0]
 
 
 # --- timm: ---------------------------------------------------------------------------------

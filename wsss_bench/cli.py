@@ -1,4 +1,4 @@
-"""The ``wsss-bench`` command line: ``plugins``, ``run``, ``leaderboard``."""
+"""The ``wsss-bench`` command line: ``plugins``, ``run``, ``download``, ``leaderboard``."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def build_parser() -> ArgumentParser:
                                    "listed backbones, for every CAM and filter, by patient-level "
                                    "k-fold cross-validation; print and store the leaderboard.")
     r.add_argument("--dataset", default=d.dataset, help=f"dataset plugin (default {d.dataset})")
-    r.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+    r.add_argument("--data-dir", default=None,
+                   help="folder with the dataset's files (default $WSSS_BENCH_DATA, else "
+                        "~/.cache/wsss-bench/data); missing downloadable data is fetched there")
     r.add_argument("--backbones", type=_names, default=d.backbones,
                    help=f"comma-separated backbones (default {','.join(d.backbones)})")
     r.add_argument("--cams", type=_names, default=d.cams,
@@ -68,6 +70,12 @@ def build_parser() -> ArgumentParser:
     r.add_argument("--filters", type=_names, default=d.filters,
                    help=f"comma-separated filters (default {','.join(d.filters)})")
     r.add_argument("--folds", type=int, default=d.folds, help=f"k of k-fold (default {d.folds})")
+    r.add_argument("--folds-file", default=None, metavar="JSON",
+                   help="use a published patient split instead of the seeded one: "
+                        "{\"folds\": [[case ids], ...]} (e.g. a folds.json of an earlier run)")
+    r.add_argument("--workers", type=_positive_int, default=None,
+                   help="processes that decode a file dataset into the slice cache "
+                        "(default: the CPU cores, at most 8)")
     r.add_argument("--epochs", type=_positive_int, default=d.epochs,
                    help=f"training epochs (default {d.epochs})")
     r.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
@@ -101,6 +109,17 @@ def build_parser() -> ArgumentParser:
     r.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="set a plugin option, e.g. phantom.n_cases=12 (repeatable)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+
+    dl = sub.add_parser("download", help="download and unpack a dataset",
+                        description="Download a dataset's archive (resumable, md5-verified) and "
+                                    "unpack it safely into the data folder.")
+    dl.add_argument("dataset", help="dataset name, e.g. decathlon or msd-brain")
+    dl.add_argument("--data-dir", default=None,
+                    help="where to put it (default $WSSS_BENCH_DATA, else "
+                         "~/.cache/wsss-bench/data)")
+    dl.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
+                    help="set a dataset option, e.g. decathlon.url=URL of a mirror")
+    dl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     lb = sub.add_parser("leaderboard", help="print a stored leaderboard",
                         description="Print the leaderboard stored for a dataset.")
@@ -151,6 +170,30 @@ def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None
     reporter.summary(f"leaderboard written to {json_path} and {md_path}")
 
 
+def cmd_download(args: argparse.Namespace) -> None:
+    from wsss_bench import download, options
+    from wsss_bench.progress import Reporter
+    from wsss_bench.registry import load_registry, resolve
+
+    dataset = resolve(load_registry(), "datasets", [args.dataset])[0]
+    values: dict[str, str] = {}
+    for text in args.option:
+        plugin, key, value = options.parse(text)
+        if plugin != dataset.name:
+            raise UsageError(f"--option {text}: `download {dataset.name}` takes options of "
+                             f"{dataset.name!r} only")
+        values[key] = value
+    dataset = options.configure(dataset, values)
+    archive = getattr(dataset, "archive", None)
+    if archive is None:
+        note = getattr(dataset, "download_note", "it has no download")
+        raise UsageError(f"dataset {dataset.name!r} cannot be downloaded: {note}")
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else download.default_data_dir()
+    reporter = Reporter(quiet=args.quiet)
+    target = download.fetch(archive, data_dir, reporter)
+    reporter.summary(f"{dataset.name}: data in {target}")
+
+
 def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
     from wsss_bench import leaderboard
 
@@ -181,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmd_plugins(args, out)
             elif args.command == "run":
                 cmd_run(args, out, argv)
+            elif args.command == "download":
+                cmd_download(args)
             else:
                 cmd_leaderboard(args, out)
     except UsageError as exc:

@@ -55,6 +55,30 @@ class Dataset(Protocol):
     def cases(self, data_dir: Path | None) -> Iterator[Case]: ...
 
 
+@dataclass(frozen=True)
+class CaseFiles:
+    """One case of a file-based dataset before decoding: its id and files by role
+    (e.g. ``{"image": ..., "label": ...}`` or ``{"flair": ..., "seg": ...}``)."""
+
+    case_id: str
+    files: dict[str, Path]
+
+
+@runtime_checkable
+class FileDataset(Dataset, Protocol):
+    """A dataset read from files. ``sources`` lists the cases (cheap: no decoding) and
+    ``load`` decodes one; the core decodes cases in parallel worker processes and keeps the
+    result in the slice cache, keyed by the dataset's options and every listed file's size and
+    modification time. ``sources`` raises :class:`wsss_bench.volumes.MissingData` when the data
+    is not there. Optional attributes: ``archive`` (a :class:`wsss_bench.download.Archive`, for
+    data that may be downloaded) and ``cache_version`` (bump it when preprocessing changes).
+    """
+
+    def sources(self, data_dir: Path) -> list[CaseFiles]: ...
+
+    def load(self, source: CaseFiles) -> Case: ...
+
+
 @runtime_checkable
 class Backbone(Protocol):
     """A classifier architecture and the layer whose activations CAMs are taken from.

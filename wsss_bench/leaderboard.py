@@ -82,8 +82,10 @@ def render_markdown(board: dict[str, Any]) -> str:
     lines = [f"# wsss-bench leaderboard: `{board['dataset']}`", ""]
     split = board.get("split")
     if split:
+        made = (f"from `{board['split_file']}`" if board.get("split_file")
+                else f"seed {board.get('split_seed')}")
         lines.append(f"- Split: patient-level {len(split)}-fold cross-validation "
-                     f"(seed {board.get('split_seed')}); validation cases per fold: "
+                     f"({made}); validation cases per fold: "
                      + "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(split)))
     if board.get("command"):
         lines.append(f"- Last command: `{board['command']}`")

@@ -12,15 +12,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsss_bench import atomic, calibration, leaderboard, options
+from wsss_bench import atomic, calibration, download, leaderboard, options, slice_cache
 from wsss_bench.errors import UsageError
-from wsss_bench.folds import patient_folds
+from wsss_bench.folds import patient_folds, read_folds_file
 from wsss_bench.metrics import METRIC_NAMES, score
 from wsss_bench.progress import Reporter
 from wsss_bench.provenance import run_info
 from wsss_bench.registry import Registry, resolve
 from wsss_bench.slices import SliceSet, collect
 from wsss_bench.training import TrainConfig, resolve_device, train_classifier
+from wsss_bench.volumes import MissingData
 
 EMPTY = "Empty"
 CAM_TARGETS = ("predicted", "positive")
@@ -53,6 +54,8 @@ class RunConfig:
     gate: bool = False
     output_stride: str = "auto"
     lr: float = 1e-3
+    workers: int | None = None  # processes that decode a file dataset; None = CPU cores (≤ 8)
+    folds_file: str | None = None  # a published split instead of the seeded one
     options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -60,6 +63,8 @@ class RunConfig:
                            ("--cam-batch-size", self.cam_batch_size)):
             if value < 1:
                 raise UsageError(f"{opt} {value}: must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"--workers {self.workers}: must be at least 1")
         if self.folds < 2:
             raise UsageError(f"--folds {self.folds}: cross-validation needs at least 2 folds")
         if self.image_size is not None and self.image_size < 32:
@@ -136,7 +141,7 @@ def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
     """
     out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+        batch = _tensor(images[start : start + batch_size]).to(device)
         classes = None if target == "predicted" else "positive"
         out[start : start + len(batch)] = (
             cam.cam(model, target_layer, batch, classes).float().cpu().numpy())
@@ -149,15 +154,27 @@ def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
 @torch.no_grad()
 def predict(model, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Predicted class int64[N] of every slice (eval mode)."""
-    out = [model(torch.from_numpy(images[s : s + batch_size]).to(device)).argmax(1).cpu()
+    out = [model(_tensor(images[s : s + batch_size]).to(device)).argmax(1).cpu()
            for s in range(0, len(images), batch_size)]
     return torch.cat(out).numpy()
 
 
+def _tensor(images: np.ndarray) -> torch.Tensor:
+    """A float32 tensor of a (possibly float16, memory-mapped) slice batch."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32))
+
+
+REGION_CHUNK = 512  # slices per filter call: bounded memory on memory-mapped float16 data
+
+
 def _regions(filt, data: SliceSet, train: np.ndarray) -> np.ndarray:
     if hasattr(filt, "fit"):  # learned filters see the training slices only
-        filt = filt.fit(data.images[train], data.masks[train])  # a fitted copy
-    return np.asarray(filt.region(data.images), dtype=bool)
+        filt = filt.fit(np.asarray(data.images[train], dtype=np.float32),
+                        data.masks[train])  # a fitted copy
+    parts = [np.asarray(filt.region(np.asarray(data.images[s : s + REGION_CHUNK],
+                                               dtype=np.float32)), dtype=bool)
+             for s in range(0, len(data), REGION_CHUNK)]
+    return np.concatenate(parts)
 
 
 class Runner:
@@ -187,6 +204,7 @@ class Runner:
             raise UsageError(str(exc)) from None
         self.grid = calibration.threshold_grid(config.threshold_step)
         self.strides: dict[str, int] = {}  # output stride each backbone was built with
+        self.n_folds = config.folds
 
     def _plugins(self, registry: Registry, kind: str, names: tuple[str, ...]) -> dict[str, Any]:
         """The named plugin objects of ``kind``, configured with the run's ``--option``s."""
@@ -201,9 +219,32 @@ class Runner:
         return {name: {k: getattr(obj, k) for k in options.option_fields(obj)}
                 for name, obj in used.items()}
 
+    @property
+    def data_dir(self) -> Path | None:
+        """``--data-dir``, else the default data folder for a dataset that reads files."""
+        if self.config.data_dir:
+            return Path(self.config.data_dir).expanduser()
+        return download.default_data_dir() if hasattr(self.dataset, "sources") else None
+
     def load_data(self) -> SliceSet:
-        data_dir = Path(self.config.data_dir) if self.config.data_dir else None
-        return collect(self.dataset, data_dir, self.config.image_size)
+        """File datasets through the slice cache (downloading missing data where allowed);
+        generated datasets directly."""
+        cfg = self.config
+        if not hasattr(self.dataset, "sources"):
+            return collect(self.dataset, self.data_dir, cfg.image_size)
+        workers = cfg.workers or slice_cache.default_workers()
+        cache_root = Path(cfg.workdir) / "cache"
+        args = (self.dataset, self.data_dir, cache_root, workers, cfg.image_size, self.reporter)
+        try:
+            return slice_cache.prepare(*args)
+        except MissingData:
+            archive = getattr(self.dataset, "archive", None)
+            if archive is None:
+                raise
+            self.reporter.summary(f"[bold]download[/] {self.dataset.name}: no data in "
+                                  f"{self.data_dir}, fetching {archive.url}")
+            download.fetch(archive, self.data_dir, self.reporter)
+            return slice_cache.prepare(*args)
 
     def summarize_data(self, data: SliceSet, seconds: float) -> None:
         self.reporter.summary(
@@ -214,23 +255,31 @@ class Runner:
 
     def write_folds(self, folds: list[list[str]]) -> None:
         path = Path(self.config.workdir) / self.config.dataset / "folds.json"
-        atomic.write_text(path, json.dumps({"seed": self.config.seed, "folds": folds}, indent=2))
+        source = ({"file": self.config.folds_file} if self.config.folds_file
+                  else {"seed": self.config.seed})
+        atomic.write_text(path, json.dumps({**source, "folds": folds}, indent=2))
 
     def run(self) -> tuple[list[dict[str, Any]], list[list[str]]]:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         data = self.load_data()
-        folds = patient_folds(data.case_ids, data.labels, cfg.folds, cfg.seed)
+        if cfg.folds_file:
+            folds = read_folds_file(cfg.folds_file, data.case_ids, data.labels)
+        else:
+            folds = patient_folds(data.case_ids, data.labels, cfg.folds, cfg.seed)
         self.summarize_data(data, time.perf_counter() - t0)
         self.write_folds(folds)
         results: dict[str, MethodResult] = {}
+        self.n_folds = len(folds)
         for fold, val_cases in enumerate(folds):
             val = np.isin(data.case_ids, val_cases)
             self._run_fold(data, fold, np.flatnonzero(~val), np.flatnonzero(val), results)
         info = run_info(self.device, cfg.seed, asdict(cfg))
         info["plugins"] = self.plugin_settings()
         info["effective"] = {"image_size": list(data.images.shape[2:]),
+                             "data_dir": str(self.data_dir) if self.data_dir else None,
+                             "folds": len(folds),
                              "in_chans": int(data.images.shape[1]),
                              "output_stride": dict(self.strides)}
         return [self._row(r, info) for r in results.values()], folds
@@ -238,7 +287,7 @@ class Runner:
     def _run_fold(self, data: SliceSet, fold: int, train: np.ndarray, val: np.ndarray,
                   results: dict[str, MethodResult]) -> None:
         cfg = self.config
-        label = f"fold {fold + 1}/{cfg.folds}"
+        label = f"fold {fold + 1}/{self.n_folds}"
         cams: dict[str, dict[str, np.ndarray]] = {c: {} for c in self.cams}
         for b_name, backbone in self.backbones.items():
             cams_for_backbone = self._train_and_map(data, fold, train, val, b_name, backbone, label)
@@ -360,5 +409,6 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
                     command: str | None = None) -> dict[str, Any]:
     """Run ``config`` and merge its rows into ``<leaderboard_dir>/<dataset>.json`` and ``.md``."""
     rows, folds = Runner(config, registry, reporter).run()
-    header = {"split": folds, "split_seed": config.seed, "command": command}
+    header = {"split": folds, "split_seed": None if config.folds_file else config.seed,
+              "split_file": config.folds_file, "command": command}
     return leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header)

@@ -1,0 +1,148 @@
+"""The ``brats`` dataset: BraTS 2020 training data, laid out as the challenge publishes it.
+
+Accepted roots (``--data-dir``): ``MICCAI_BraTS2020_TrainingData`` itself, a folder that holds
+it (or another folder of case folders), or a folder of case folders. A case is
+``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` (``.nii`` too). The official release names one
+segmentation file differently (case 355: ``W39_1998.09.19_Segm.nii``); when ``<case>_seg`` is
+missing, the one other NIfTI file in the folder whose name contains "seg" is taken. Labels may be
+uint8 {0,1,2,4} (BraTS 2020) or float {0..4} (BraTS 2015); whole tumour = label > 0.
+
+Preprocessing (the authors' code): per-slice min–max per modality on the full 240×240 slice,
+crop ``[56:184, 56:184, 13:141]`` (128 slices of 128×128), optional binarisation at 0.8 of the
+slice maximum (``binarize=0.8``; the paper's "threshold of 0.8" for the CAM input). No download:
+BraTS needs registration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from wsss_bench import hookimpl
+from wsss_bench.contracts import Case, CaseFiles
+from wsss_bench.hookspecs import Register
+from wsss_bench.volumes import (
+    DataError,
+    MissingData,
+    brain_case,
+    is_nifti,
+    parse_crop,
+    read_image,
+    read_mask,
+    stem,
+)
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+LABELS = (0, 1, 2, 3, 4)
+RELEASE = "MICCAI_BraTS2020_TrainingData"
+WHERE = "https://www.med.upenn.edu/cbica/brats2020/registration.html"
+DEFAULT_CROP = "56:184,56:184,13:141"
+
+
+def parse_modalities(text: str, owner: str) -> tuple[str, ...]:
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    bad = [n for n in names if n not in MODALITIES]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(f"{owner}: modalities must be distinct names from "
+                         f"{', '.join(MODALITIES)}, comma-separated; got {text!r}")
+    return names
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    return {stem(p): p for p in folder.iterdir() if is_nifti(p)}
+
+
+def _is_case(folder: Path) -> bool:
+    return folder.is_dir() and any(stem(p).startswith(f"{folder.name}_")
+                                   for p in folder.iterdir() if is_nifti(p))
+
+
+def case_folders(root: Path) -> list[Path]:
+    """The case folders under ``root``, which may hold them directly or one level down."""
+    if not root.is_dir():
+        raise MissingData(f"--data-dir {root}: no such folder; BraTS 2020 needs registration: "
+                          f"get {RELEASE} from {WHERE} and put it in {root} (or pass "
+                          f"--data-dir)")
+    children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    cases = [p for p in children if _is_case(p)]
+    if cases:
+        return cases
+    for child in sorted(children, key=lambda p: p.name != RELEASE):
+        cases = sorted(p for p in child.iterdir() if _is_case(p))
+        if cases:
+            return cases
+    raise DataError(f"--data-dir {root}: no BraTS cases found (expected <case>/<case>_flair.nii.gz "
+                    f"…, or {RELEASE}/ holding them); get the data from {WHERE}")
+
+
+def find_seg(folder: Path, files: dict[str, Path]) -> Path:
+    """``<case>_seg``, or the one other file whose name contains 'seg' (case 355)."""
+    exact = files.get(f"{folder.name}_seg")
+    if exact is not None:
+        return exact
+    modality_files = {f"{folder.name}_{m}" for m in MODALITIES}
+    others = [p for s, p in files.items() if "seg" in s.lower() and s not in modality_files]
+    if len(others) == 1:
+        return others[0]
+    if not others:
+        raise DataError(f"{folder}: case {folder.name} has no label file "
+                        f"({folder.name}_seg.nii.gz); restore it or remove the case folder")
+    raise DataError(f"{folder}: several candidate label files "
+                    f"({', '.join(sorted(p.name for p in others))}); keep only "
+                    f"{folder.name}_seg.nii.gz")
+
+
+@dataclass(frozen=True)
+class Brats:
+    """BraTS 2020 training data (whole tumour), the authors' preprocessing."""
+
+    name: str = "brats"
+    description: str = "BraTS 2020 training data, whole tumour, FLAIR 128x128 crops (no download)"
+    needs_data_dir: bool = True
+    modalities: str = "flair"
+    crop: str = DEFAULT_CROP
+    binarize: float = 0.0
+    cache_version: int = 1
+    fixed_fields = ("needs_data_dir", "cache_version")
+    download_note = (f"BraTS 2020 needs registration: get {RELEASE} from {WHERE} and pass the "
+                     f"folder that holds it as --data-dir")
+
+    def __post_init__(self) -> None:
+        parse_modalities(self.modalities, self.name)
+        parse_crop(self.crop, self.name)
+        if not 0 <= self.binarize < 1:
+            raise ValueError(f"{self.name}: binarize must be in [0, 1) (0 = off), got "
+                             f"{self.binarize}")
+
+    def sources(self, data_dir: Path) -> list[CaseFiles]:
+        out = []
+        for folder in case_folders(Path(data_dir)):
+            files = _nifti_files(folder)
+            found: dict[str, Path] = {}
+            for m in parse_modalities(self.modalities, self.name):
+                path = files.get(f"{folder.name}_{m}")
+                if path is None:
+                    raise DataError(f"{folder}: case {folder.name} has no {m} file "
+                                    f"({folder.name}_{m}.nii.gz); choose other modalities with "
+                                    f"-o {self.name}.modalities=…")
+                found[m] = path
+            found["seg"] = find_seg(folder, files)
+            out.append(CaseFiles(folder.name, found))
+        return out
+
+    def load(self, source: CaseFiles) -> Case:
+        modalities = parse_modalities(self.modalities, self.name)
+        images = [(source.files[m], read_image(source.files[m], 3)) for m in modalities]
+        mask = read_mask(source.files["seg"], LABELS, images[0][1].shape)
+        slices, masks = brain_case(source.case_id, source.files["seg"].parent, images, mask,
+                                   parse_crop(self.crop, self.name), self.binarize)
+        return Case(source.case_id, slices, masks)
+
+    def cases(self, data_dir: Path | None):
+        for source in self.sources(Path(data_dir or ".")):
+            yield self.load(source)
+
+
+@hookimpl
+def register_datasets(register: Register) -> None:
+    register(Brats())

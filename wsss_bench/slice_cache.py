@@ -1,0 +1,198 @@
+"""The slice cache: one preprocessing pass per (dataset, options, file set), reused afterwards.
+
+A file dataset's cases are decoded in parallel worker processes (``workers``) and stored as
+memory-mappable ``.npy`` arrays under ``<cache_root>/<dataset>-<key>/``: ``images.npy``
+float16[N,C,H,W], ``masks.npy`` bool[N,H,W], ``case_ids.npy`` str[N], ``slice_index.npy``
+int64[N], and ``meta.json`` (what the key was made of). The key hashes the dataset's name,
+``cache_version`` and option values, the requested image size and every source file's path,
+size and modification time, so any change to an option or a file makes a new pass. The arrays
+are written into a hidden temporary folder that is renamed into place only when complete: a
+failed or interrupted pass leaves no cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsss_bench import options
+from wsss_bench.contracts import CaseFiles
+from wsss_bench.errors import UsageError
+from wsss_bench.progress import Reporter
+from wsss_bench.slices import SliceSet, resize_case
+
+CACHE_FORMAT = 1
+FILES = ("images.npy", "masks.npy", "case_ids.npy", "slice_index.npy")
+
+
+def default_workers() -> int:
+    """The CPU cores this process may use, at most 8 (decoding is I/O- and gzip-bound)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def cache_key(dataset: Any, sources: list[CaseFiles], image_size: int | None
+              ) -> tuple[str, dict[str, Any]]:
+    """``(hex key, the JSON-able description it hashes)``."""
+    files = []
+    for source in sources:
+        for role, path in sorted(source.files.items()):
+            st = Path(path).stat()
+            files.append([source.case_id, role, str(Path(path).resolve()), st.st_size,
+                          st.st_mtime_ns])
+    description = {
+        "format": CACHE_FORMAT,
+        "dataset": dataset.name,
+        "cache_version": getattr(dataset, "cache_version", 0),
+        "settings": {k: getattr(dataset, k) for k in options.option_fields(dataset)},
+        "image_size": image_size,
+        "files": files,
+    }
+    blob = json.dumps(description, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16], description
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one case per process; cores are shared across processes
+
+
+def _decode(job: tuple[Any, CaseFiles, int | None]) -> tuple[str, np.ndarray, np.ndarray]:
+    """Decode one case (in a worker): ``(case_id, images float16, masks bool)``."""
+    dataset, source, image_size = job
+    case = dataset.load(source)
+    if image_size is not None:
+        case = resize_case(case, image_size)
+    return case.case_id, case.images.astype(np.float16), case.masks.astype(bool, copy=False)
+
+
+def _decode_all(dataset: Any, sources: list[CaseFiles], image_size: int | None, workers: int,
+                advance) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    jobs = [(dataset, s, image_size) for s in sources]
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(_decode(job))
+            advance(1)
+        return out
+    # fork, as torch's DataLoader does on Linux: workers start at once with everything
+    # imported; each uses one thread and no CUDA (decoding is NumPy, nibabel and CPU torch)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
+                             initializer=_init_worker) as pool:
+        futures = [pool.submit(_decode, job) for job in jobs]
+        try:
+            out = []
+            for future in futures:
+                out.append(future.result())
+                advance(1)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return out
+
+
+def _remove_stale(cache_root: Path) -> None:
+    """Temporary folders of passes whose process is gone (killed) are removed."""
+    for tmp in cache_root.glob(".tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        alive = True
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:
+            pass
+        if not alive:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load(folder: Path) -> SliceSet:
+    """The cached SliceSet in ``folder``; images stay memory-mapped (float16)."""
+    return SliceSet(
+        np.load(folder / "images.npy", mmap_mode="r"),
+        np.load(folder / "masks.npy", mmap_mode="r"),
+        np.load(folder / "case_ids.npy"),
+        np.load(folder / "slice_index.npy"),
+    )
+
+
+def _write(folder: Path, cases: list[tuple[str, np.ndarray, np.ndarray]],
+           description: dict[str, Any]) -> None:
+    n = sum(len(images) for _, images, _ in cases)
+    shape = cases[0][1].shape[1:]
+    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.float16,
+                                       shape=(n, *shape))
+    masks = np.empty((n, *shape[1:]), dtype=bool)
+    case_ids, slice_index = [], []
+    start = 0
+    for case_id, case_images, case_masks in cases:
+        stop = start + len(case_images)
+        images[start:stop] = case_images
+        masks[start:stop] = case_masks
+        case_ids += [case_id] * len(case_images)
+        slice_index += range(len(case_images))
+        start = stop
+    images.flush()
+    del images
+    np.save(folder / "masks.npy", masks)
+    np.save(folder / "case_ids.npy", np.asarray(case_ids))
+    np.save(folder / "slice_index.npy", np.asarray(slice_index, dtype=np.int64))
+    (folder / "meta.json").write_text(json.dumps(description, indent=1, default=str))
+
+
+def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
+            image_size: int | None = None, reporter: Reporter | None = None) -> SliceSet:
+    """The dataset's slices from the cache, making the cache first if needed."""
+    reporter = reporter or Reporter(quiet=True)
+    t0 = time.perf_counter()
+    sources = dataset.sources(Path(data_dir))
+    if not sources:
+        raise UsageError(f"dataset {dataset.name!r} found no cases under {data_dir}")
+    key, description = cache_key(dataset, sources, image_size)
+    folder = Path(cache_root) / f"{dataset.name}-{key}"
+    if (folder / "meta.json").is_file():
+        data = load(folder)
+        reporter.summary(f"[bold]prepare[/] {dataset.name}: slice cache reused ({folder})")
+        return data
+    cache_root = Path(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(cache_root)
+    with reporter.task(f"prepare {dataset.name}", total=len(sources)) as advance:
+        cases = _decode_all(dataset, sources, image_size, workers, advance)
+    shapes = {images.shape[1:] for _, images, _ in cases}
+    if len(shapes) > 1:
+        raise UsageError(f"dataset {dataset.name!r} yields slices of several shapes "
+                         f"{sorted(shapes)}; pass --image-size N to resize them to N×N")
+    tmp = cache_root / f".tmp-{dataset.name}-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write(tmp, cases, description)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another run finished the same cache first
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = sum(len(c[1]) for c in cases)
+    reporter.summary(f"[bold]prepare[/] {dataset.name}: {len(cases)} cases, {n} slices decoded "
+                     f"with {workers} worker(s) in {time.perf_counter() - t0:.1f} s, cached in "
+                     f"{folder}")
+    return load(folder)
+

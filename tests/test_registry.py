@@ -14,7 +14,7 @@ from wsss_bench.errors import PluginError
 from wsss_bench.registry import BLOCK_ENV, PluginLoadWarning, load_registry
 
 BUILTINS = {
-    "datasets": {"phantom"},
+    "datasets": {"phantom", "brats", "decathlon", "msd-brain"},
     "backbones": {"resnet18", "resnet34", "resnet50", "resnet101", "vgg19"},
     "cams": {"gradcam", "gradcam++", "smoothgradcam++", "hirescam", "xgradcam", "layercam"},
     "ensembles": {"and", "or"},
@@ -123,3 +123,32 @@ def test_plugins_json_lists_every_builtin_and_third_party(use_dist):
         for name in names:
             assert listed[(kind, name)] == "wsss-bench"
     assert listed[("cams", "activation-mean")] == "wsss-bench-example-plugin"
+
+
+FILE_DATASETS = sorted(n for n, d in wsss_bench.load_registry().datasets.items()
+                       if hasattr(d, "sources"))
+
+
+@pytest.mark.parametrize("name", FILE_DATASETS)
+def test_file_dataset_contract(name, tmp_path):
+    """Every file dataset: the FileDataset protocol, picklable (workers decode in other
+    processes), and missing data is a one-line UsageError, never a traceback."""
+    import pickle
+
+    from wsss_bench.contracts import FileDataset
+    from wsss_bench.errors import UsageError
+
+    dataset = wsss_bench.load_registry().datasets[name]
+    assert isinstance(dataset, FileDataset)
+    assert dataset.needs_data_dir
+    assert pickle.loads(pickle.dumps(dataset)) == dataset
+    for root in (tmp_path / "missing", tmp_path):
+        with pytest.raises(UsageError) as err:
+            dataset.sources(root)
+        assert "\n" not in str(err.value) and str(root) in str(err.value)
+    archive = getattr(dataset, "archive", None)
+    if archive is not None:
+        assert archive.url.startswith("https://") and len(archive.md5) == 32
+        assert archive.folder in archive.url
+    else:
+        assert getattr(dataset, "download_note", "")

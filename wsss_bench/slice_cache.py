@@ -169,15 +169,15 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
         data = load(folder)
         reporter.summary(f"[bold]prepare[/] {dataset.name}: slice cache reused ({folder})")
         return data
-    cache_root = Path(cache_root)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale(cache_root)
     with reporter.task(f"prepare {dataset.name}", total=len(sources)) as advance:
         cases = _decode_all(dataset, sources, image_size, workers, advance)
     shapes = {images.shape[1:] for _, images, _ in cases}
     if len(shapes) > 1:
         raise UsageError(f"dataset {dataset.name!r} yields slices of several shapes "
                          f"{sorted(shapes)}; pass --image-size N to resize them to N×N")
+    cache_root = Path(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(cache_root)
     tmp = cache_root / f".tmp-{dataset.name}-{key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

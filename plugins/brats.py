@@ -23,6 +23,7 @@ from wsss_bench.contracts import Case, CaseFiles
 from wsss_bench.hookspecs import Register
 from wsss_bench.volumes import (
     DataError,
+    FileDatasetBase,
     MissingData,
     brain_case,
     is_nifti,
@@ -46,6 +47,14 @@ def parse_modalities(text: str, owner: str) -> tuple[str, ...]:
         raise ValueError(f"{owner}: modalities must be distinct names from "
                          f"{', '.join(MODALITIES)}, comma-separated; got {text!r}")
     return names
+
+
+def check_brain_options(owner: str, modalities: str, crop: str, binarize: float) -> None:
+    """The options ``brats`` and ``msd-brain`` share; a bad value is a ValueError."""
+    parse_modalities(modalities, owner)
+    parse_crop(crop, owner)
+    if not 0 <= binarize < 1:
+        raise ValueError(f"{owner}: binarize must be in [0, 1) (0 = off), got {binarize}")
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -93,7 +102,7 @@ def find_seg(folder: Path, files: dict[str, Path]) -> Path:
 
 
 @dataclass(frozen=True)
-class Brats:
+class Brats(FileDatasetBase):
     """BraTS 2020 training data (whole tumour), the authors' preprocessing."""
 
     name: str = "brats"
@@ -108,11 +117,7 @@ class Brats:
                      f"folder that holds it as --data-dir")
 
     def __post_init__(self) -> None:
-        parse_modalities(self.modalities, self.name)
-        parse_crop(self.crop, self.name)
-        if not 0 <= self.binarize < 1:
-            raise ValueError(f"{self.name}: binarize must be in [0, 1) (0 = off), got "
-                             f"{self.binarize}")
+        check_brain_options(self.name, self.modalities, self.crop, self.binarize)
 
     def sources(self, data_dir: Path) -> list[CaseFiles]:
         out = []
@@ -137,10 +142,6 @@ class Brats:
         slices, masks = brain_case(source.case_id, source.files["seg"].parent, images, mask,
                                    parse_crop(self.crop, self.name), self.binarize)
         return Case(source.case_id, slices, masks)
-
-    def cases(self, data_dir: Path | None):
-        for source in self.sources(Path(data_dir or ".")):
-            yield self.load(source)
 
 
 @hookimpl

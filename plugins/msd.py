@@ -32,6 +32,7 @@ from wsss_bench.download import Archive
 from wsss_bench.hookspecs import Register
 from wsss_bench.volumes import (
     DataError,
+    FileDatasetBase,
     MissingData,
     brain_case,
     channels,
@@ -45,7 +46,7 @@ from wsss_bench.volumes import (
     stem,
     to_slices,
 )
-from wsss_bench_plugins.brats import DEFAULT_CROP, parse_modalities
+from wsss_bench_plugins.brats import DEFAULT_CROP, check_brain_options, parse_modalities
 
 HOST = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 PROSTATE_MODALITIES = {"t2": (0,), "adc": (1,), "both": (0, 1)}
@@ -83,8 +84,23 @@ def msd_sources(data_dir: Path, task: str) -> list[CaseFiles]:
     return [CaseFiles(c, {"image": images[c], "label": labels[c]}) for c in sorted(images)]
 
 
+class MsdTask(FileDatasetBase):
+    """What every MSD task shares: the archive (``url``, ``md5``, ``task``) and the layout."""
+
+    url: str
+    md5: str
+    task: str
+
+    @property
+    def archive(self) -> Archive:
+        return Archive(self.url, self.md5, self.task)
+
+    def sources(self, data_dir: Path) -> list[CaseFiles]:
+        return msd_sources(data_dir, self.task)
+
+
 @dataclass(frozen=True)
-class Decathlon:
+class Decathlon(MsdTask):
     """MSD Task05_Prostate: prostate (PZ + TZ) from ADC slices at 320×320."""
 
     name: str = "decathlon"
@@ -106,13 +122,6 @@ class Decathlon:
         if self.size < 32:
             raise ValueError(f"{self.name}: size must be at least 32, got {self.size}")
 
-    @property
-    def archive(self) -> Archive:
-        return Archive(self.url, self.md5, self.task)
-
-    def sources(self, data_dir: Path) -> list[CaseFiles]:
-        return msd_sources(data_dir, self.task)
-
     def load(self, source: CaseFiles) -> Case:
         path = source.files["image"]
         volume = read_image(path, 4)
@@ -123,13 +132,9 @@ class Decathlon:
                                       self.size)
         return Case(source.case_id, images, masks)
 
-    def cases(self, data_dir: Path | None):
-        for source in self.sources(Path(data_dir or ".")):
-            yield self.load(source)
-
 
 @dataclass(frozen=True)
-class MsdBrain:
+class MsdBrain(MsdTask):
     """MSD Task01_BrainTumour (BraTS-derived): whole tumour, preprocessed as ``brats``."""
 
     name: str = "msd-brain"
@@ -146,18 +151,7 @@ class MsdBrain:
     fixed_fields = ("needs_data_dir", "cache_version")
 
     def __post_init__(self) -> None:
-        parse_modalities(self.modalities, self.name)
-        parse_crop(self.crop, self.name)
-        if not 0 <= self.binarize < 1:
-            raise ValueError(f"{self.name}: binarize must be in [0, 1) (0 = off), got "
-                             f"{self.binarize}")
-
-    @property
-    def archive(self) -> Archive:
-        return Archive(self.url, self.md5, self.task)
-
-    def sources(self, data_dir: Path) -> list[CaseFiles]:
-        return msd_sources(data_dir, self.task)
+        check_brain_options(self.name, self.modalities, self.crop, self.binarize)
 
     def load(self, source: CaseFiles) -> Case:
         path = source.files["image"]
@@ -170,10 +164,6 @@ class MsdBrain:
         slices, masks = brain_case(source.case_id, path.parent, images, mask,
                                    parse_crop(self.crop, self.name), self.binarize)
         return Case(source.case_id, slices, masks)
-
-    def cases(self, data_dir: Path | None):
-        for source in self.sources(Path(data_dir or ".")):
-            yield self.load(source)
 
 
 @hookimpl

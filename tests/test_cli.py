@@ -30,6 +30,12 @@ def run_main(args: list[str]) -> int:
         return int(exc.code or 0)
 
 
+def run_captured(args: list[str], capsys) -> tuple[int, str]:
+    """``wsss-bench ARGS`` in this process: the exit status and what it wrote to stderr."""
+    code = run_main(args)
+    return code, capsys.readouterr().err
+
+
 def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()

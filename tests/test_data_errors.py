@@ -12,23 +12,15 @@ import numpy as np
 import pytest
 
 from tests.mri_files import prostate_image, tiny_decathlon, write_nifti
-from wsss_bench.cli import main
+from tests.test_cli import run_captured
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 def check_refused(tmp_path: Path, capsys, dataset: str, data_dir: Path, *needles: str,
                   workers: int = 1) -> None:
     work, boards = tmp_path / "work", tmp_path / "boards"
-    code, err = run_cli(["run", "--dataset", dataset, "--data-dir", str(data_dir), "--workdir",
+    code, err = run_captured(["run", "--dataset", dataset, "--data-dir", str(data_dir), "--workdir",
                          str(work), "--leaderboard-dir", str(boards), "--workers", str(workers),
                          "-q"], capsys)
     assert code == 2, err

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.mri_files import member, tar_of, tiny_decathlon
+from tests.test_cli import run_captured as cli
 from wsss_bench import download
-from wsss_bench.cli import main
 from wsss_bench.download import Archive, DownloadError
 from wsss_bench.progress import Reporter
 
@@ -94,14 +94,6 @@ def leftovers(folder: Path) -> list[str]:
     """Anything in ``folder`` besides finished data: temporary or partial files."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or
                   p.name.endswith(".part"))
-
-
-def cli(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 def test_download_command_fetches_verifies_and_unpacks(tmp_path, server, task_tar, capsys):

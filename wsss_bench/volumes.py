@@ -8,11 +8,12 @@ Volumes are indexed as nibabel returns them, ``[x, y, z(, channel)]``; a slice i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from wsss_bench.contracts import Case
 from wsss_bench.errors import UsageError
 
 
@@ -22,6 +23,15 @@ class DataError(UsageError):
 
 class MissingData(DataError):
     """The dataset's root folder or its cases are not there (a download may fix that)."""
+
+
+class FileDatasetBase:
+    """``cases()`` of a :class:`wsss_bench.contracts.FileDataset` from its ``sources`` and
+    ``load`` (the core itself decodes through the slice cache; this is for library use)."""
+
+    def cases(self, data_dir: Path | None) -> Iterator[Case]:
+        for source in self.sources(Path(data_dir or ".")):  # type: ignore[attr-defined]
+            yield self.load(source)  # type: ignore[attr-defined]
 
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -124,6 +124,7 @@ class TimmBackbone:
     fixed_fields: ClassVar[tuple[str, ...]] = ("model_name",)  # the name fixes the model
     model_name: str
     description: str
+    weights_url: str = ""  # with --pretrained: download from this URL instead of timm's hub
 
     def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path = False,
               output_stride: int = 32) -> nn.Module:
@@ -136,6 +137,9 @@ class TimmBackbone:
         local = pretrained if isinstance(pretrained, str | Path) else None
         kwargs: dict[str, Any] = {"pretrained": bool(pretrained) and local is None,
                                   "in_chans": in_chans, "num_classes": num_classes}
+        if kwargs["pretrained"] and self.weights_url:  # timm then fetches it with torch.hub
+            kwargs["pretrained_cfg_overlay"] = {"url": self.weights_url, "hf_hub_id": None,
+                                                "source": ""}
         if output_stride == 32:
             model = timm.create_model(self.model_name, **kwargs)
         else:

@@ -12,6 +12,7 @@ import pytest
 from tests.test_cli import SMALL, run_main
 from wsss_bench.errors import UsageError
 from wsss_bench.folds import read_folds_file
+from wsss_bench.reported import TABLES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +41,9 @@ def test_brats_run_on_the_real_sample(brats_sample, tmp_path):
     split = json.loads((work / "brats" / "folds.json").read_text())["folds"]
     assert board["split"] == split and sorted(sum(split, [])) == [
         f"BraTS15_pat000{i}" for i in range(1, 7)]
-    rows = {r["method"]: r for r in board["rows"]}
+    rows = {r["method"]: r for r in board["rows"] if r["source"] == "measured"}
+    assert {r["method"] for r in board["rows"] if r["source"] == "reported"} == {
+        f"paper: {name}" for name, _, _ in TABLES["brats"][1]}
     assert set(rows) == {"Empty", "resnet18 / gradcam / none", "resnet34 / gradcam / none",
                          "and(resnet18,resnet34) / gradcam / none"}
     empty = rows["Empty"]["metrics"]["paper_dsc"]["folds"]

@@ -95,7 +95,9 @@ def activations_and_gradients(
         selected = logits.gather(1, targets[:, None]).sum()  # grad mode is on after the layer
     activation = store["activation"]
     (gradients,) = torch.autograd.grad(selected, activation)
-    return Capture(activation.detach(), gradients.detach(), logits.detach(), targets)
+    # float32 for the CAM arithmetic even when the forward pass ran in mixed precision
+    return Capture(activation.detach().float(), gradients.detach().float(),
+                   logits.detach().float(), targets)
 
 
 def finish_cam(weighted: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +28,14 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text}"
+                                         ) from None
 
 
 def _positive_int(text: str) -> int:
@@ -53,62 +62,91 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
 
     r = sub.add_parser("run", help="run the benchmark and update the leaderboard",
+                       argument_default=argparse.SUPPRESS,  # only given flags override
                        description="Evaluate each backbone alone and each ensemble over all "
                                    "listed backbones, for every CAM and filter, by patient-level "
-                                   "k-fold cross-validation; print and store the leaderboard.")
-    r.add_argument("--dataset", default=d.dataset, help=f"dataset plugin (default {d.dataset})")
-    r.add_argument("--data-dir", default=None,
+                                   "k-fold cross-validation; print and store the leaderboard. "
+                                   "Settings: defaults < --preset < --config < flags.")
+    r.add_argument("--preset", help="the authors' settings for the dataset: paper")
+    r.add_argument("--config", metavar="TOML",
+                   help="a TOML file with any of these settings (flags override it)")
+    r.add_argument("--dataset", help=f"dataset plugin (default {d.dataset})")
+    r.add_argument("--data-dir",
                    help="folder with the dataset's files (default $WSSS_BENCH_DATA, else "
                         "~/.cache/wsss-bench/data); missing downloadable data is fetched there")
-    r.add_argument("--backbones", type=_names, default=d.backbones,
+    r.add_argument("--backbones", type=_names,
                    help=f"comma-separated backbones (default {','.join(d.backbones)})")
-    r.add_argument("--cams", type=_names, default=d.cams,
+    r.add_argument("--cams", type=_names,
                    help=f"comma-separated CAM methods (default {','.join(d.cams)})")
-    r.add_argument("--ensembles", type=_names, default=d.ensembles,
+    r.add_argument("--ensembles", type=_names,
                    help=f"comma-separated ensembles over all backbones; '' for none "
                         f"(default {','.join(d.ensembles)})")
-    r.add_argument("--filters", type=_names, default=d.filters,
+    r.add_argument("--filters", type=_names,
                    help=f"comma-separated filters (default {','.join(d.filters)})")
-    r.add_argument("--folds", type=int, default=d.folds, help=f"k of k-fold (default {d.folds})")
-    r.add_argument("--folds-file", default=None, metavar="JSON",
+    r.add_argument("--folds", type=int, help=f"k of k-fold (default {d.folds})")
+    r.add_argument("--folds-file", metavar="JSON",
                    help="use a published patient split instead of the seeded one: "
                         "{\"folds\": [[case ids], ...]} (e.g. a folds.json of an earlier run)")
-    r.add_argument("--workers", type=_positive_int, default=None,
+    r.add_argument("--workers", type=_positive_int,
                    help="processes that decode a file dataset into the slice cache "
                         "(default: the CPU cores, at most 8)")
-    r.add_argument("--epochs", type=_positive_int, default=d.epochs,
-                   help=f"training epochs (default {d.epochs})")
-    r.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
+    r.add_argument("--epochs", type=_positive_int, help=f"training epochs (default {d.epochs})")
+    r.add_argument("--batch-size", type=_positive_int,
                    help=f"training batch size (default {d.batch_size})")
-    r.add_argument("--cam-batch-size", type=_positive_int, default=d.cam_batch_size,
+    r.add_argument("--cam-batch-size", type=_positive_int,
                    help=f"batch size for CAM generation (default {d.cam_batch_size})")
-    r.add_argument("--image-size", type=_positive_int, default=None,
+    r.add_argument("--image-size", type=_positive_int,
                    help="resize slices to N×N (default: the dataset's own size)")
-    r.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate (default {d.lr})")
-    r.add_argument("--cam-target", choices=["predicted", "positive"], default=d.cam_target,
+    r.add_argument("--lr", type=float, help=f"SGD learning rate (default {d.lr})")
+    r.add_argument("--cam-target", choices=["predicted", "positive"],
                    help="class the CAM explains: the lesion class, or each slice's predicted "
                         f"class as in the paper's code (default {d.cam_target})")
-    r.add_argument("--gate", action=argparse.BooleanOptionalAction, default=d.gate,
+    r.add_argument("--gate", action=argparse.BooleanOptionalAction,
                    help="zero the CAM of slices the classifier predicts lesion-free, as "
                         "WSS-CMER does (default off)")
-    r.add_argument("--output-stride", choices=["auto", "8", "16", "32"], default=d.output_stride,
+    r.add_argument("--output-stride", choices=["auto", "8", "16", "32"],
                    help="backbone output stride: auto = 32 unless the CAM grid would have "
                         "fewer than 4 cells a side (default auto)")
-    r.add_argument("--threshold-step", type=float, default=d.threshold_step,
+    r.add_argument("--threshold-step", type=float,
                    help=f"threshold grid step; 1/step must be an integer "
                         f"(default {d.threshold_step})")
-    r.add_argument("--select-by", default=d.select_by,
+    r.add_argument("--select-by",
                    help=f"metric that chooses the thresholds (default {d.select_by})")
-    r.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+    r.add_argument("--seed", type=int, help=f"random seed (default {d.seed})")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"],
                    help="where to train and make CAMs (default auto: CUDA when available)")
-    r.add_argument("--workdir", default=d.workdir,
+    r.add_argument("--workdir",
                    help=f"folder for run artifacts such as folds.json (default {d.workdir})")
-    r.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
+    r.add_argument("--leaderboard-dir",
                    help=f"where <dataset>.json and .md go (default {d.leaderboard_dir})")
+    r.add_argument("--seeds", type=_ints,
+                   help="training seeds, e.g. 0,1,2: rows are mean ± std over seeds × folds "
+                        "(default: --seed)")
+    r.add_argument("--pretrained", action="store_true",
+                   help="start from timm's hub weights when they can be reached")
+    r.add_argument("--weights", metavar="DIR",
+                   help="start from local checkpoints in DIR (<model>.safetensors or .pth)")
+    r.add_argument("--force", type=_names, metavar="STAGES",
+                   help="recompute these stages and all later ones: prepare, train, cams, "
+                        "evaluate")
+    r.add_argument("--amp", choices=["auto", "on", "off"],
+                   help="mixed precision (default auto: on CUDA only)")
+    r.add_argument("--channels-last", choices=["auto", "on", "off"],
+                   help="NHWC memory format (default auto: on CUDA only)")
+    r.add_argument("--gpus", type=int,
+                   help="train (backbone, fold, seed) units side by side on this many GPUs")
+    r.add_argument("--leaderboard-name", metavar="NAME",
+                   help="write <NAME>.json/.md instead of <dataset>.json/.md")
     r.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="set a plugin option, e.g. phantom.n_cases=12 (repeatable)")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    r.add_argument("-q", "--quiet", action="store_true", default=False,
+                   help="no progress bars or summaries")
+
+    c = sub.add_parser("clean", help="remove artifacts no run references",
+                       description="Remove units and slice caches that no run manifest in the "
+                                   "workdir references, and folders left by killed runs.")
+    c.add_argument("--workdir", default=d.workdir, help=f"the run folder (default {d.workdir})")
+    c.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
 
     dl = sub.add_parser("download", help="download and unpack a dataset",
                         description="Download a dataset's archive (resumable, md5-verified) and "
@@ -123,11 +161,12 @@ def build_parser() -> ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="print a stored leaderboard",
                         description="Print the leaderboard stored for a dataset.")
-    lb.add_argument("--dataset", required=True, help="dataset name")
+    lb.add_argument("--dataset", required=True,
+                    help="dataset name (or the --leaderboard-name the run used)")
     lb.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
                     help=f"where the leaderboards are (default {d.leaderboard_dir})")
-    lb.add_argument("--format", choices=["table", "md", "json"], default="table",
-                    help="table (rich, default), md or json")
+    lb.add_argument("--format", choices=["table", "md", "json", "csv"], default="table",
+                    help="table (rich, default), md, json or csv")
     return parser
 
 
@@ -150,24 +189,80 @@ def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
 
 def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None:
     from wsss_bench import leaderboard
-    from wsss_bench.options import parse
     from wsss_bench.progress import Reporter
     from wsss_bench.registry import load_registry
-    from wsss_bench.runner import RunConfig, run_and_publish
+    from wsss_bench.runner import run_and_publish
 
-    names = {f.name for f in fields(RunConfig)}
-    plugin_options: dict[str, dict[str, str]] = {}
-    for text in args.option:
-        plugin, key, value = parse(text)
-        plugin_options.setdefault(plugin, {})[key] = value
-    values = {k: v for k, v in vars(args).items() if k in names}
-    config = RunConfig(**values, options=plugin_options)
+    config = run_config(args)
     reporter = Reporter(quiet=args.quiet)
     command = "wsss-bench " + shlex.join(argv)
     board = run_and_publish(config, load_registry(), reporter, command=command)
     out.print(leaderboard.rich_table(board))
-    json_path, md_path = leaderboard.paths(Path(config.leaderboard_dir), config.dataset)
+    json_path, md_path = leaderboard.paths(Path(config.leaderboard_dir),
+                                           config.leaderboard_name or config.dataset)
     reporter.summary(f"leaderboard written to {json_path} and {md_path}")
+
+
+def run_config(args: argparse.Namespace):
+    """The effective RunConfig: defaults < preset < config file < flags."""
+    from wsss_bench import presets
+    from wsss_bench.options import parse
+    from wsss_bench.runner import RunConfig
+
+    kinds = {f.name: f for f in fields(RunConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in kinds}
+    flag_options: dict[str, dict[str, str]] = {}
+    for text in args.option:
+        plugin, key, value = parse(text)
+        flag_options.setdefault(plugin, {})[key] = value
+    from_file = (presets.read_config(Path(args.config), set(kinds) - {"options"})
+                 if getattr(args, "config", None) else {})
+    dataset = flags.get("dataset") or from_file.get("dataset") or RunConfig.dataset
+    name = flags.get("preset") or from_file.get("preset")
+    from_preset = presets.preset(name, dataset) if name else {}
+    values: dict[str, Any] = {}
+    for layer, where in ((from_preset, "--preset"), (from_file, f"--config {args.config}"
+                                                     if from_file else ""), (flags, "")):
+        for key, value in layer.items():
+            if key != "options":
+                values[key] = _coerce(key, value, RunConfig, where)
+    values["preset"] = name
+    options = presets.merge_options(from_preset.get("options"), from_file.get("options"),
+                                    flag_options)
+    return RunConfig(**values, options=options)
+
+
+def _coerce(key: str, value: Any, config_type: type, where: str) -> Any:
+    """A setting from a preset or TOML file as the RunConfig field's type."""
+    default = getattr(config_type(), key)
+    try:
+        if isinstance(default, tuple):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            items = [i.strip() if isinstance(i, str) else i for i in items]
+            return tuple(int(i) for i in items) if key == "seeds" else tuple(
+                str(i) for i in items if str(i))
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if isinstance(default, int) and not isinstance(value, bool):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where}: {key} = {value!r}: {exc}") from None
+    return value
+
+
+def cmd_clean(args: argparse.Namespace) -> None:
+    from wsss_bench import store
+
+    removed, freed = store.clean(Path(args.workdir), dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in removed:
+        print(f"{verb} {path}")
+    print(f"{verb} {len(removed)} unreferenced unit(s), {freed / 1e6:.1f} MB; units named by a "
+          f"manifest in {Path(args.workdir) / 'manifests'} are kept")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -201,6 +296,8 @@ def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
     board = leaderboard.load(json_path)
     if args.format == "json":
         print(json.dumps(board, indent=2))
+    elif args.format == "csv":
+        print(leaderboard.render_csv(board), end="")
     elif args.format == "md":
         print(leaderboard.render_markdown(board), end="")
     else:
@@ -226,13 +323,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmd_run(args, out, argv)
             elif args.command == "download":
                 cmd_download(args)
+            elif args.command == "clean":
+                cmd_clean(args)
             else:
                 cmd_leaderboard(args, out)
     except UsageError as exc:
         print(f"wsss-bench {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("wsss-bench: interrupted", file=sys.stderr)
+        if args.command == "run":
+            workdir = getattr(args, "workdir", "runs")
+            print(f"wsss-bench run: interrupted; finished units are kept in {workdir}/units: run "
+                  f"the same command again to resume", file=sys.stderr)
+        else:
+            print(f"wsss-bench {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
 

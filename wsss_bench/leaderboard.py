@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from wsss_bench import atomic
+from wsss_bench import atomic, reported
 from wsss_bench.errors import UsageError
 from wsss_bench.metrics import METRIC_NAMES
 
@@ -54,24 +56,73 @@ def merge(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
 
 
 def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
-           header: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``new_rows`` into the stored leaderboard (locked) and rewrite JSON and markdown."""
-    json_path, md_path = paths(leaderboard_dir, dataset)
-    with atomic.locked(json_path.with_name(f".{dataset}.lock")):
+           header: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """Merge ``new_rows`` (and the paper's reported rows for the dataset) into the stored
+    leaderboard ``<name or dataset>.json`` under a lock, and rewrite JSON and markdown."""
+    name = name or dataset
+    json_path, md_path = paths(leaderboard_dir, name)
+    with atomic.locked(json_path.with_name(f".{name}.lock")):
         old = load(json_path)["rows"] if json_path.exists() else []
-        board = {"dataset": dataset, **header, "rows": merge(old, new_rows)}
+        rows = merge(old, [*new_rows, *reported.rows(dataset)])
+        board = {"dataset": dataset, "name": name, **header, "rows": rows}
         atomic.write_text(json_path, json.dumps(board, indent=2) + "\n")
         atomic.write_text(md_path, render_markdown(board))
     return board
 
 
-def fmt(stat: dict[str, Any]) -> str:
+def fmt(stat: dict[str, Any] | None) -> str:
+    if stat is None:
+        return "—"
+    if stat.get("std") is None:
+        return f"{stat['mean']:.4f}"
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
-def _cells(row: dict) -> list[str]:
-    return [row["method"], *(fmt(row["metrics"][m]) for m in METRIC_NAMES),
-            row.get("source", "measured")]
+def is_reported(row: dict) -> bool:
+    return row.get("source") == "reported"
+
+
+def _cells(row: dict, markdown: bool = False) -> list[str]:
+    method = row["method"]
+    if is_reported(row) and markdown:
+        method = f"*{method}*"
+    source = row.get("source", "measured")
+    if is_reported(row):
+        source = f"reported, {row.get('reference', 'paper').rsplit(', ', 1)[-1]}"
+    return [method, *(fmt(row["metrics"].get(m)) for m in METRIC_NAMES), source]
+
+
+def render_csv(board: dict[str, Any]) -> str:
+    """One line per row: rank, method, source, mean and std of each metric, the parts."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", "method", "source",
+                     *(f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")),
+                     "backbones", "cam", "ensemble", "filter", "seeds", "folds"])
+    for rank, row in enumerate(sort_rows(board["rows"]), start=1):
+        stats = [row["metrics"].get(m) or {} for m in METRIC_NAMES]
+        values = [v for st in stats for v in (st.get("mean"), st.get("std"))]
+        writer.writerow([rank, row["method"], row.get("source", "measured"),
+                         *("" if v is None else repr(v) for v in values),
+                         "+".join(row.get("backbones") or []), row.get("cam") or "",
+                         row.get("ensemble") or "", row.get("filter") or "",
+                         "+".join(map(str, row.get("seeds") or [])),
+                         len((row["metrics"].get("paper_dsc") or {}).get("folds") or [])])
+    return out.getvalue()
+
+
+def _preprocessing(board: dict[str, Any]) -> str | None:
+    """The dataset's settings and the slice size, from the newest measured row."""
+    measured = [r for r in board["rows"] if not is_reported(r) and r.get("run")]
+    if not measured:
+        return None
+    run = max(measured, key=lambda r: r["run"].get("date") or "")["run"]
+    settings = (run.get("plugins") or {}).get(board["dataset"], {})
+    eff = run.get("effective") or {}
+    parts = [f"{k}={v}" for k, v in settings.items()]
+    if eff.get("image_size"):
+        parts.append(f"slices {eff.get('in_chans', '?')}×{'×'.join(map(str, eff['image_size']))}")
+    return ", ".join(parts) if parts else None
 
 
 COLUMNS = ["method", *METRIC_NAMES, "source"]
@@ -79,7 +130,13 @@ COLUMNS = ["method", *METRIC_NAMES, "source"]
 
 def render_markdown(board: dict[str, Any]) -> str:
     """The markdown leaderboard: header (data, split, metric definitions, provenance) + table."""
-    lines = [f"# wsss-bench leaderboard: `{board['dataset']}`", ""]
+    name = board.get("name") or board["dataset"]
+    lines = [f"# wsss-bench leaderboard: `{name}`", ""]
+    if board.get("command"):
+        lines.append(f"- Reproduce: `{board['command']}`")
+    lines.append(f"- Dataset: `{board['dataset']}`")
+    if prep := _preprocessing(board):
+        lines.append(f"- Preprocessing: {prep}")
     split = board.get("split")
     if split:
         made = (f"from `{board['split_file']}`" if board.get("split_file")
@@ -87,25 +144,31 @@ def render_markdown(board: dict[str, Any]) -> str:
         lines.append(f"- Split: patient-level {len(split)}-fold cross-validation "
                      f"({made}); validation cases per fold: "
                      + "; ".join(f"fold {i}: {', '.join(f)}" for i, f in enumerate(split)))
-    if board.get("command"):
-        lines.append(f"- Last command: `{board['command']}`")
     lines.append("- Method: `ensemble(backbones) / CAM / filter`, or one backbone; `Empty` "
                  "predicts no lesion anywhere.")
-    lines.append(f"- Rows sorted by `{SORT_METRIC}`; mean ± std (population) over folds; "
-                 "every row's JSON entry records its thresholds, config and provenance.")
+    lines.append(f"- Rows sorted by `{SORT_METRIC}`; mean ± std (population) over folds (and "
+                 "seeds); every row's JSON entry records its thresholds, config and provenance.")
+    if any(is_reported(r) for r in board["rows"]):
+        lines.append("- *Italic* rows (`paper: …`, source `reported`) are the numbers the paper "
+                     "reports on the full dataset, copied, not measured here: only `paper_dsc` "
+                     "and `paper_miou` (its DSC and mIoU columns), no std.")
     lines += ["", "Metrics:", ""]
     lines += [f"- `{name}`: {note}" for name, note in METRIC_NOTES.items()]
     lines += ["", "| # | " + " | ".join(COLUMNS) + " |",
               "|---|" + "|".join("---" for _ in COLUMNS) + "|"]
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
-        lines.append(f"| {rank} | " + " | ".join(_cells(row)) + " |")
+        lines.append(f"| {rank} | " + " | ".join(_cells(row, markdown=True)) + " |")
     lines += ["", "Provenance (rows made by the same run share a line):", ""]
     runs: dict[str, list[int]] = {}
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
+        if is_reported(row):
+            continue
         run = row.get("run") or {}
         key = (f"{run.get('date')}, commit {run.get('git_commit')}, {run.get('device')}, "
                f"torch {run.get('torch')}, wsss-bench {run.get('wsss_bench')}, "
-               f"seed {run.get('seed')}")
+               f"seed {run.get('seed')}, weights "
+               f"{', '.join(sorted(set((run.get('effective') or {}).get('weights', {}).values())))}"
+               )
         runs.setdefault(key, []).append(rank)
     for key, ranks in runs.items():
         lines.append(f"- rows {', '.join(map(str, ranks))}: {key}")
@@ -113,11 +176,12 @@ def render_markdown(board: dict[str, Any]) -> str:
 
 
 def rich_table(board: dict[str, Any]) -> Table:
-    table = Table(title=f"wsss-bench leaderboard: {board['dataset']} (mean ± std over folds)")
+    name = board.get("name") or board["dataset"]
+    table = Table(title=f"wsss-bench leaderboard: {name} (mean ± std over folds)")
     table.add_column("#", justify="right")
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in METRIC_NAMES else "left",
                          no_wrap=col == "method")
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
-        table.add_row(str(rank), *_cells(row))
+        table.add_row(str(rank), *_cells(row), style="italic dim" if is_reported(row) else None)
     return table

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wsss_bench import atomic, calibration, download, leaderboard, options, slice_cache
+from wsss_bench import atomic, calibration, download, leaderboard, options, slice_cache, weights
 from wsss_bench.errors import UsageError
 from wsss_bench.folds import patient_folds, read_folds_file
 from wsss_bench.metrics import METRIC_NAMES, score
@@ -20,12 +23,21 @@ from wsss_bench.progress import Reporter
 from wsss_bench.provenance import run_info
 from wsss_bench.registry import Registry, resolve
 from wsss_bench.slices import SliceSet, collect
-from wsss_bench.training import TrainConfig, resolve_device, train_classifier
+from wsss_bench.store import STAGES, Store, digest
+from wsss_bench.training import (
+    TrainConfig,
+    autocast,
+    on_device,
+    resolve_device,
+    train_classifier,
+)
 from wsss_bench.volumes import MissingData
 
 EMPTY = "Empty"
 CAM_TARGETS = ("predicted", "positive")
 OUTPUT_STRIDES = ("auto", "8", "16", "32")
+SWITCHES = ("auto", "on", "off")
+FORCE_STAGES = ("prepare", *STAGES)
 MIN_CAM_CELLS = 4  # `--output-stride auto`: the CAM grid gets at least this many cells a side
 
 
@@ -56,6 +68,16 @@ class RunConfig:
     lr: float = 1e-3
     workers: int | None = None  # processes that decode a file dataset; None = CPU cores (≤ 8)
     folds_file: str | None = None  # a published split instead of the seeded one
+    seeds: tuple[int, ...] = ()  # training seeds (each × every fold); () = (seed,)
+    pretrained: bool = False  # timm hub weights when they can be reached
+    weights: str | None = None  # a folder of local checkpoints, one per backbone
+    force: tuple[str, ...] = ()  # stages to recompute (and everything after them)
+    amp: str = "auto"  # mixed precision: auto = on CUDA only
+    channels_last: str = "auto"  # NHWC memory format: auto = on CUDA only
+    gpus: int = 0  # > 1: that many CUDA GPUs train (backbone, fold, seed) units side by side
+    devices: tuple[str, ...] = ()  # explicit devices for side-by-side units (tests: cpu,cpu)
+    leaderboard_name: str | None = None  # <name>.json/.md instead of <dataset>.json/.md
+    preset: str | None = None  # recorded only: the preset's values are already applied
     options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -63,6 +85,20 @@ class RunConfig:
                            ("--cam-batch-size", self.cam_batch_size)):
             if value < 1:
                 raise UsageError(f"{opt} {value}: must be at least 1")
+        for opt, value in (("--amp", self.amp), ("--channels-last", self.channels_last)):
+            if value not in SWITCHES:
+                raise UsageError(f"{opt} {value}: choose one of {', '.join(SWITCHES)}")
+        bad = [s for s in self.force if s not in FORCE_STAGES]
+        if bad:
+            raise UsageError(f"--force {','.join(bad)}: stages are {', '.join(FORCE_STAGES)}")
+        if self.gpus < 0:
+            raise UsageError(f"--gpus {self.gpus}: must be 0 or more")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UsageError(f"--seeds {','.join(map(str, self.seeds))}: a seed is listed twice")
+        if self.leaderboard_name is not None and not re.fullmatch(r"[A-Za-z0-9._-]+",
+                                                                   self.leaderboard_name):
+            raise UsageError(f"--leaderboard-name {self.leaderboard_name!r}: use letters, "
+                             f"digits, '.', '_' and '-' only")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: must be at least 1")
         if self.folds < 2:
@@ -131,9 +167,19 @@ def auto_output_stride(image_size: int) -> int:
     return 8
 
 
+@dataclass(frozen=True)
+class Job:
+    """One (seed, fold, backbone) unit of training and CAM generation."""
+
+    seed: int
+    fold: int
+    backbone: str
+
+
 def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
                  device: torch.device, advance, target: str = "predicted",
-                 gate: np.ndarray | None = None) -> np.ndarray:
+                 gate: np.ndarray | None = None, amp: bool = False,
+                 channels_last: bool = False) -> np.ndarray:
     """CAMs float32[N,H,W] for every slice, in batches on ``device``.
 
     ``target`` is ``predicted`` (each slice's predicted class, the paper) or ``positive`` (the
@@ -141,10 +187,11 @@ def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
     """
     out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
     for start in range(0, len(images), batch_size):
-        batch = _tensor(images[start : start + batch_size]).to(device)
+        batch = on_device(_tensor(images[start : start + batch_size]), device, channels_last)
         classes = None if target == "predicted" else "positive"
-        out[start : start + len(batch)] = (
-            cam.cam(model, target_layer, batch, classes).float().cpu().numpy())
+        with autocast(device, amp):
+            maps = cam.cam(model, target_layer, batch, classes)
+        out[start : start + len(batch)] = maps.float().cpu().numpy()
         advance(len(batch))
     if gate is not None:
         out[~gate] = 0.0
@@ -152,10 +199,14 @@ def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
 
 
 @torch.no_grad()
-def predict(model, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def predict(model, images: np.ndarray, batch_size: int, device: torch.device,
+            amp: bool = False, channels_last: bool = False) -> np.ndarray:
     """Predicted class int64[N] of every slice (eval mode)."""
-    out = [model(_tensor(images[s : s + batch_size]).to(device)).argmax(1).cpu()
-           for s in range(0, len(images), batch_size)]
+    out = []
+    with autocast(device, amp):
+        for s in range(0, len(images), batch_size):
+            x = on_device(_tensor(images[s : s + batch_size]), device, channels_last)
+            out.append(model(x).argmax(1).cpu())
     return torch.cat(out).numpy()
 
 
@@ -202,9 +253,37 @@ class Runner:
             self.device = resolve_device(config.device)
         except (ValueError, RuntimeError) as exc:
             raise UsageError(str(exc)) from None
+        self.devices = self._devices()
+        if len(self.devices) > 1:
+            self.device = self.devices[0]
+        self.amp = self._switch(config.amp)
+        self.channels_last = self._switch(config.channels_last)
+        self.seeds = config.seeds or (config.seed,)
         self.grid = calibration.threshold_grid(config.threshold_step)
         self.strides: dict[str, int] = {}  # output stride each backbone was built with
+        self.weights_used: dict[str, str] = {}  # initial weights per backbone
         self.n_folds = config.folds
+        force = set(config.force)
+        for i, stage in enumerate(FORCE_STAGES):  # a forced stage forces every later one
+            if stage in force:
+                force.update(FORCE_STAGES[i:])
+        self.store = Store(Path(config.workdir), force)
+
+    def _devices(self) -> list[torch.device]:
+        cfg = self.config
+        if cfg.devices:
+            return [torch.device(d) for d in cfg.devices]
+        if cfg.gpus > 1:
+            have = torch.cuda.device_count()
+            if cfg.gpus > have:
+                raise UsageError(f"--gpus {cfg.gpus}: this machine has {have} CUDA GPU(s); "
+                                 f"pass --gpus {have} or fewer")
+            return [torch.device(f"cuda:{i}") for i in range(cfg.gpus)]
+        return [self.device]
+
+    def _switch(self, value: str) -> bool:
+        """``--amp``/``--channels-last``: auto means on CUDA only."""
+        return value == "on" or (value == "auto" and self.device.type == "cuda")
 
     def _plugins(self, registry: Registry, kind: str, names: tuple[str, ...]) -> dict[str, Any]:
         """The named plugin objects of ``kind``, configured with the run's ``--option``s."""
@@ -231,12 +310,16 @@ class Runner:
         generated datasets directly."""
         cfg = self.config
         if not hasattr(self.dataset, "sources"):
-            return collect(self.dataset, self.data_dir, cfg.image_size)
+            data = collect(self.dataset, self.data_dir, cfg.image_size)
+            settings = self.plugin_settings()[cfg.dataset]
+            origin = f"generated/{cfg.dataset}-{digest([settings, cfg.image_size])}"
+            return dataclasses.replace(data, origin=origin)
         workers = cfg.workers or slice_cache.default_workers()
         cache_root = Path(cfg.workdir) / "cache"
         args = (self.dataset, self.data_dir, cache_root, workers, cfg.image_size, self.reporter)
+        force = "prepare" in self.store.force
         try:
-            return slice_cache.prepare(*args)
+            return slice_cache.prepare(*args, force=force)
         except MissingData:
             archive = getattr(self.dataset, "archive", None)
             if archive is None:
@@ -244,7 +327,7 @@ class Runner:
             self.reporter.summary(f"[bold]download[/] {self.dataset.name}: no data in "
                                   f"{self.data_dir}, fetching {archive.url}")
             download.fetch(archive, self.data_dir, self.reporter)
-            return slice_cache.prepare(*args)
+            return slice_cache.prepare(*args, force=force)
 
     def summarize_data(self, data: SliceSet, seconds: float) -> None:
         self.reporter.summary(
@@ -259,116 +342,284 @@ class Runner:
                   else {"seed": self.config.seed})
         atomic.write_text(path, json.dumps({**source, "folds": folds}, indent=2))
 
+    def split(self, data: SliceSet) -> list[list[str]]:
+        cfg = self.config
+        if cfg.folds_file:
+            return read_folds_file(cfg.folds_file, data.case_ids, data.labels)
+        return patient_folds(data.case_ids, data.labels, cfg.folds, cfg.seed)
+
     def run(self) -> tuple[list[dict[str, Any]], list[list[str]]]:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         data = self.load_data()
-        if cfg.folds_file:
-            folds = read_folds_file(cfg.folds_file, data.case_ids, data.labels)
-        else:
-            folds = patient_folds(data.case_ids, data.labels, cfg.folds, cfg.seed)
+        folds = self.split(data)
         self.summarize_data(data, time.perf_counter() - t0)
         self.write_folds(folds)
-        results: dict[str, MethodResult] = {}
         self.n_folds = len(folds)
-        for fold, val_cases in enumerate(folds):
-            val = np.isin(data.case_ids, val_cases)
-            self._run_fold(data, fold, np.flatnonzero(~val), np.flatnonzero(val), results)
+        jobs = [Job(seed, fold, b) for seed in self.seeds for fold in range(len(folds))
+                for b in self.backbones]
+        if len(self.devices) > 1:
+            self._run_side_by_side(jobs, data, folds)
+        results: dict[str, MethodResult] = {}
+        for seed in self.seeds:
+            for fold in range(len(folds)):
+                self._run_fold(data, folds, seed, fold, results)
+        self.store.write_manifest(self.manifest_name(data), {
+            "dataset": cfg.dataset, "cache": data.origin if data.origin.startswith("cache/")
+            else None, "config": asdict(cfg)})
         info = run_info(self.device, cfg.seed, asdict(cfg))
         info["plugins"] = self.plugin_settings()
         info["effective"] = {"image_size": list(data.images.shape[2:]),
                              "data_dir": str(self.data_dir) if self.data_dir else None,
-                             "folds": len(folds),
+                             "folds": len(folds), "seeds": list(self.seeds),
                              "in_chans": int(data.images.shape[1]),
-                             "output_stride": dict(self.strides)}
+                             "output_stride": dict(self.strides),
+                             "weights": dict(self.weights_used),
+                             "amp": self.amp, "channels_last": self.channels_last,
+                             "devices": [str(d) for d in self.devices]}
         return [self._row(r, info) for r in results.values()], folds
 
-    def _run_fold(self, data: SliceSet, fold: int, train: np.ndarray, val: np.ndarray,
+    def manifest_name(self, data: SliceSet) -> str:
+        return f"{self.config.dataset}-{digest([data.origin, asdict(self.config)])}"
+
+    def _run_side_by_side(self, jobs: list[Job], data: SliceSet, folds: list[list[str]]
+                          ) -> None:
+        """Train and map the (backbone, fold, seed) units on several devices at once: one
+        worker process per device, each given every n-th unit. Their results land in the
+        store, where the main pass below finds them."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        todo = [j for j in jobs if not self._job_done(j, data, folds)]
+        if not todo:
+            return
+        n = len(self.devices)
+        self.reporter.summary(f"[bold]units[/] {len(todo)} (backbone, fold, seed) units on "
+                              f"{n} devices side by side: {', '.join(map(str, self.devices))}")
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with ProcessPoolExecutor(n, mp_context=context) as pool:
+            futures = [pool.submit(_device_worker, self.config, str(device), todo[i::n], folds)
+                       for i, device in enumerate(self.devices) if todo[i::n]]
+            for future in futures:
+                self.weights_used.update(future.result())
+
+    def _job_done(self, job: Job, data: SliceSet, folds: list[list[str]]) -> bool:
+        key, _ = self.train_key(data, folds, job)
+        return self.store.ready("train", key) and all(
+            self.store.ready("cams", self.cam_key(key, c)[0]) for c in self.cams)
+
+    def _run_fold(self, data: SliceSet, folds: list[list[str]], seed: int, fold: int,
                   results: dict[str, MethodResult]) -> None:
         cfg = self.config
-        label = f"fold {fold + 1}/{self.n_folds}"
-        cams: dict[str, dict[str, np.ndarray]] = {c: {} for c in self.cams}
-        for b_name, backbone in self.backbones.items():
-            cams_for_backbone = self._train_and_map(data, fold, train, val, b_name, backbone, label)
-            for c_name, maps in cams_for_backbone.items():
-                cams[c_name][b_name] = maps
+        label = self.label(seed, fold)
+        val_mask = np.isin(data.case_ids, folds[fold])
+        train, val = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+        cam_keys: dict[str, dict[str, str]] = {c: {} for c in self.cams}
+        for b_name in self.backbones:
+            for c_name, key in self.train_and_map(data, folds, Job(seed, fold, b_name)).items():
+                cam_keys[c_name][b_name] = key
         gt_train, gt_val = data.masks[train], data.masks[val]
         ids_train, ids_val = data.case_ids[train], data.case_ids[val]
         empty = results.setdefault(EMPTY, MethodResult((), None, None, None))
         empty.thresholds.append(None)
         empty.folds.append(score(np.zeros_like(gt_val), gt_val, ids_val))
-        units = [(c, f, e) for c in self.cams for f in self.filters
-                 for e in [None, *self.ensembles]]
+        units = [(c, f, e, group) for c in self.cams for f in self.filters
+                 for e in [None, *self.ensembles]
+                 for group in ([(b,) for b in self.backbones] if e is None
+                               else [tuple(self.backbones)])]
         t0 = time.perf_counter()
-        regions = {f_name: _regions(filt, data, train) for f_name, filt in self.filters.items()}
-        with self.reporter.task(f"calibrate {label}", total=len(units)) as advance:
-            for c_name, f_name, e_name in units:
-                region = regions[f_name]
-                groups = ([(b,) for b in self.backbones] if e_name is None
-                          else [tuple(self.backbones)])
-                for group in groups:
-                    stack = np.stack([cams[c_name][b] for b in group])
-                    ensemble = self.ensembles[e_name] if e_name else None
-                    found = calibration.grid_search(
+        regions: dict[str, np.ndarray] = {}
+        loaded: dict[str, np.ndarray] = {}
+        reused = 0
+        with self.reporter.task(f"evaluate {label}", total=len(units)) as advance:
+            for c_name, f_name, e_name, group in units:
+                ensemble = self.ensembles[e_name] if e_name else None
+                keys = [cam_keys[c_name][b] for b in group]
+                key, description = self.evaluate_key(keys, e_name, f_name, folds[fold])
+                if self.store.ready("evaluate", key):
+                    found = self.store.info("evaluate", key)["result"]
+                    self.store.use("evaluate", key)
+                    reused += 1
+                else:
+                    if f_name not in regions:
+                        regions[f_name] = _regions(self.filters[f_name], data, train)
+                    region = regions[f_name]
+                    stack = np.stack([self._cams(k, loaded) for k in keys])
+                    search = calibration.grid_search(
                         stack[:, train], gt_train, ensemble=ensemble, thresholds=self.grid,
                         metric=cfg.select_by, case_ids=ids_train, region=region[train])
-                    pred = calibration.binarize(stack[:, val], found.thresholds, ensemble,
+                    pred = calibration.binarize(stack[:, val], search.thresholds, ensemble,
                                                 region[val])
-                    symbol = getattr(ensemble, "symbol", None) if ensemble else None
-                    res = MethodResult(group, c_name, e_name, f_name, symbol)
-                    res = results.setdefault(res.method, res)
-                    res.thresholds.append([float(t) for t in found.thresholds])
-                    res.folds.append(score(pred, gt_val, ids_val))
+                    found = {"thresholds": [float(t) for t in search.thresholds],
+                             "metrics": score(pred, gt_val, ids_val)}
+                    self.store.write("evaluate", key, description,
+                                     lambda _folder, r=found: {"result": r})
+                symbol = getattr(ensemble, "symbol", None) if ensemble else None
+                res = MethodResult(group, c_name, e_name, f_name, symbol)
+                res = results.setdefault(res.method, res)
+                res.thresholds.append(found["thresholds"])
+                res.folds.append(found["metrics"])
                 advance(1)
         best = max((r for r in results.values() if r.folds), key=lambda r: r.folds[-1]["paper_dsc"])
         self.reporter.summary(
-            f"[bold]calibrate[/] {label}: {len(units)} (cam, filter, ensemble) units in "
-            f"{time.perf_counter() - t0:.1f} s; best on validation: {best.method} paper_dsc "
-            f"{best.folds[-1]['paper_dsc']:.4f} (Empty {empty.folds[-1]['paper_dsc']:.4f})")
+            f"[bold]evaluate[/] {label}: {len(units)} (cam, filter, ensemble) units "
+            f"({reused} reused) in {time.perf_counter() - t0:.1f} s; best on validation: "
+            f"{best.method} paper_dsc {best.folds[-1]['paper_dsc']:.4f} (Empty "
+            f"{empty.folds[-1]['paper_dsc']:.4f})")
 
-    def _train_and_map(self, data: SliceSet, fold: int, train: np.ndarray, val: np.ndarray,
-                       b_name: str, backbone, label: str) -> dict[str, np.ndarray]:
+    def _cams(self, key: str, loaded: dict[str, np.ndarray]) -> np.ndarray:
+        """The CAMs of a unit as float32 (exact conversion of the stored float16)."""
+        if key not in loaded:
+            stored = np.load(self.store.path("cams", key) / "cams.npy", mmap_mode="r")
+            loaded[key] = np.asarray(stored, dtype=np.float32)
+        return loaded[key]
+
+    def label(self, seed: int, fold: int) -> str:
+        text = f"fold {fold + 1}/{self.n_folds}"
+        return text if len(self.seeds) == 1 else f"{text} seed {seed}"
+
+    # --- unit keys -------------------------------------------------------------------------
+    def train_key(self, data: SliceSet, folds: list[list[str]], job: Job
+                  ) -> tuple[str, dict[str, Any]]:
         cfg = self.config
-        seed = derived_seed(cfg.seed, cfg.dataset, fold, b_name)
+        train_cases = sorted(set(data.case_ids.tolist()) - set(folds[job.fold]))
+        description = {
+            "data": data.origin,
+            "train_cases": train_cases,
+            "backbone": job.backbone,
+            "settings": self.plugin_settings()[job.backbone],
+            "in_chans": int(data.images.shape[1]),
+            "output_stride": self.config.output_stride,
+            "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr},
+            "seed": self.unit_seed(job),
+            "weights": self.weights_for(job.backbone),
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "predict_batch": cfg.cam_batch_size,
+        }
+        return digest(["train", description]), description
+
+    def cam_key(self, train_key: str, c_name: str) -> tuple[str, dict[str, Any]]:
+        cfg = self.config
+        description = {"train": train_key, "cam": c_name,
+                       "settings": self.plugin_settings()[c_name], "target": cfg.cam_target,
+                       "gate": cfg.gate, "amp": self.amp}
+        return digest(["cams", description]), description
+
+    def evaluate_key(self, cam_keys: list[str], e_name: str | None, f_name: str,
+                     val_cases: list[str]) -> tuple[str, dict[str, Any]]:
+        settings = self.plugin_settings()
+        description = {"cams": cam_keys, "ensemble": e_name,
+                       "ensemble_settings": settings.get(e_name) if e_name else None,
+                       "filter": f_name, "filter_settings": settings[f_name],
+                       "validation": sorted(val_cases), "step": self.config.threshold_step,
+                       "select_by": self.config.select_by}
+        return digest(["evaluate", description]), description
+
+    def unit_seed(self, job: Job) -> int:
+        return derived_seed(job.seed, self.config.dataset, job.fold, job.backbone)
+
+    # --- train and map one (backbone, fold, seed) ------------------------------------------
+    def train_and_map(self, data: SliceSet, folds: list[list[str]], job: Job) -> dict[str, str]:
+        """Make (or reuse) the training unit and the CAM units of ``job``; their keys by CAM."""
+        label = f"{job.backbone} {self.label(job.seed, job.fold)}"
+        t_key, t_description = self.train_key(data, folds, job)
+        model = None
+        if self.store.ready("train", t_key):
+            self.store.use("train", t_key)
+            info = self.store.info("train", t_key)
+            self.strides[job.backbone] = info["output_stride"]
+            self.reporter.summary(f"[bold]train[/] {label}: reused (unit {t_key}, made "
+                                  f"{_when(info['made'])})")
+        else:
+            model = self._train_unit(data, folds, job, t_key, t_description, label)
+        keys: dict[str, str] = {}
+        for c_name, cam in self.cams.items():
+            c_key, c_description = self.cam_key(t_key, c_name)
+            keys[c_name] = c_key
+            if self.store.ready("cams", c_key):
+                self.store.use("cams", c_key)
+                self.reporter.summary(f"[bold]cams[/] {c_name} {label}: reused (unit {c_key})")
+                continue
+            if model is None:
+                model = self._load_model(t_key, job, data)
+            predicted = np.load(self.store.path("train", t_key) / "predicted.npy")
+            t0 = time.perf_counter()
+            with self.reporter.task(f"{c_name} {label}", total=len(data)) as advance:
+                target_layer = self.backbones[job.backbone].target_layer(model)
+                maps = compute_cams(cam, model, target_layer, data.images,
+                                    self.config.cam_batch_size, self.device, advance,
+                                    self.config.cam_target,
+                                    predicted == 1 if self.config.gate else None,
+                                    amp=self.amp, channels_last=self.channels_last)
+            self.store.write("cams", c_key, c_description,
+                             lambda folder, m=maps: np.save(folder / "cams.npy",
+                                                            m.astype(np.float16)))
+            self.reporter.summary(f"[bold]cams[/] {c_name} {label}: {len(data)} maps "
+                                  f"({time.perf_counter() - t0:.1f} s)")
+        return keys
+
+    def _train_unit(self, data: SliceSet, folds: list[list[str]], job: Job, key: str,
+                    description: dict[str, Any], label: str):
+        cfg = self.config
+        val_mask = np.isin(data.case_ids, folds[job.fold])
+        train, val = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+        seed = self.unit_seed(job)
         torch.manual_seed(seed)
-        model = self._build(backbone, data)
-        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
+        model = self._build(self.backbones[job.backbone], data)
+        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
+                           amp=self.amp, channels_last=self.channels_last)
         steps = cfg.epochs * -(-len(train) // cfg.batch_size)
         t0 = time.perf_counter()
-        with self.reporter.task(f"train {b_name} {label}", total=steps) as advance:
+        with self.reporter.task(f"train {label}", total=steps) as advance:
             result = train_classifier(model, data.images[train], data.labels[train], tcfg,
                                       self.device, on_step=lambda _e, _l: advance(1))
-        # predictions of every slice are needed for the gate; otherwise only for the summary
-        seen = np.arange(len(data)) if cfg.gate else val
-        predicted = np.zeros(len(data), dtype=np.int64)
-        predicted[seen] = predict(result.model, data.images[seen], cfg.cam_batch_size,
-                                  self.device)
+        predicted = predict(result.model, data.images, cfg.cam_batch_size, self.device,
+                            amp=self.amp, channels_last=self.channels_last)
         val_accuracy = float((predicted[val] == data.labels[val]).mean())
+        seconds = time.perf_counter() - t0
+
+        def fill(folder: Path) -> dict[str, Any]:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       folder / "model.pt")
+            np.save(folder / "predicted.npy", predicted.astype(np.int8))
+            return {"losses": result.losses, "val_accuracy": val_accuracy,
+                    "output_stride": self.strides[job.backbone], "seconds": seconds,
+                    "weights": self.weights_used.get(job.backbone)}
+
+        self.store.write("train", key, description, fill)
         self.reporter.summary(
-            f"[bold]train[/] {b_name} {label}: {cfg.epochs} epochs, loss "
-            f"{result.losses[0]:.3f} → {result.losses[-1]:.3f}, validation accuracy "
-            f"{val_accuracy:.2f} ({time.perf_counter() - t0:.1f} s)")
-        target_layer = backbone.target_layer(model)
-        maps: dict[str, np.ndarray] = {}
-        for c_name, cam in self.cams.items():
-            t0 = time.perf_counter()
-            with self.reporter.task(f"{c_name} {b_name} {label}", total=len(data)) as advance:
-                maps[c_name] = compute_cams(
-                    cam, model, target_layer, data.images, cfg.cam_batch_size, self.device,
-                    advance, cfg.cam_target, predicted == 1 if cfg.gate else None)
-            self.reporter.summary(f"[bold]cams[/] {c_name} {b_name} {label}: {len(data)} maps "
-                                  f"({time.perf_counter() - t0:.1f} s)")
-        return maps
+            f"[bold]train[/] {label}: {cfg.epochs} epochs, loss {result.losses[0]:.3f} → "
+            f"{result.losses[-1]:.3f}, validation accuracy {val_accuracy:.2f} ({seconds:.1f} s)")
+        return model
+
+    def _load_model(self, key: str, job: Job, data: SliceSet):
+        """The trained classifier of a stored unit (eval mode, on the run's device)."""
+        info = self.store.info("train", key)
+        backbone = self.backbones[job.backbone]
+        kwargs = {} if info["output_stride"] == 32 else {"output_stride": info["output_stride"]}
+        model = backbone.build(in_chans=int(data.images.shape[1]), num_classes=2,
+                               pretrained=False, **kwargs)
+        state = torch.load(self.store.path("train", key) / "model.pt", map_location="cpu",
+                           weights_only=True)
+        model.load_state_dict(state)
+        model.to(self.device).eval()
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
 
     def _build(self, backbone, data: SliceSet):
         """An untrained classifier at the run's output stride; in auto mode, stride 32 for a
-        backbone that cannot change its stride. The stride used is kept per backbone."""
+        backbone that cannot change its stride. The stride used is kept per backbone. Its
+        initial weights: a local file (``--weights``), timm's hub (``--pretrained``) or
+        random."""
         in_chans = data.images.shape[1]
         stride = self.output_stride(data.images.shape[-1])
+        pretrained = self.pretrained_arg(backbone.name)
         if stride != 32:
             try:
-                model = backbone.build(in_chans=in_chans, num_classes=2, pretrained=False,
+                model = backbone.build(in_chans=in_chans, num_classes=2, pretrained=pretrained,
                                        output_stride=stride)
                 self.strides[backbone.name] = stride
                 return model
@@ -379,7 +630,20 @@ class Runner:
                 self.reporter.summary(f"[bold]backbone[/] {backbone.name}: output stride 32 "
                                       f"({exc})")
         self.strides[backbone.name] = 32
-        return backbone.build(in_chans=in_chans, num_classes=2, pretrained=False)
+        return backbone.build(in_chans=in_chans, num_classes=2, pretrained=pretrained)
+
+    # --- initial weights -------------------------------------------------------------------
+    def weights_for(self, b_name: str) -> str:
+        """What the backbone starts from: ``random``, ``timm-hub`` or a local file's path
+        (with its size), resolved once per run; recorded in the unit key and the rows."""
+        if b_name not in self.weights_used:
+            self.weights_used[b_name] = weights.resolve(
+                self.backbones[b_name], self.config.weights, self.config.pretrained)
+        return self.weights_used[b_name]
+
+    def pretrained_arg(self, b_name: str) -> bool | Path:
+        return weights.build_argument(self.backbones[b_name], self.weights_for(b_name),
+                                      self.config.weights)
 
     def output_stride(self, image_size: int) -> int:
         if self.config.output_stride == "auto":
@@ -394,6 +658,7 @@ class Runner:
                              "folds": values}
         return {
             "method": res.method,
+            "seeds": list(self.seeds),
             "backbones": list(res.backbones),
             "cam": res.cam,
             "ensemble": res.ensemble,
@@ -409,6 +674,26 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
                     command: str | None = None) -> dict[str, Any]:
     """Run ``config`` and merge its rows into ``<leaderboard_dir>/<dataset>.json`` and ``.md``."""
     rows, folds = Runner(config, registry, reporter).run()
+    for row in rows:
+        row["run"]["command"] = command
     header = {"split": folds, "split_seed": None if config.folds_file else config.seed,
               "split_file": config.folds_file, "command": command}
-    return leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header)
+    return leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header,
+                              name=config.leaderboard_name)
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).isoformat(timespec="seconds")
+
+
+def _device_worker(config: RunConfig, device: str, jobs: list[Job], folds: list[list[str]]
+                   ) -> dict[str, str]:
+    """A side-by-side worker: train and map ``jobs`` on ``device``; the weights it used."""
+    from wsss_bench.registry import load_registry
+
+    runner = Runner(dataclasses.replace(config, device=device, devices=(), gpus=0),
+                    load_registry(), Reporter(quiet=True))
+    data = runner.load_data()
+    for job in jobs:
+        runner.train_and_map(data, folds, job)
+    return runner.weights_used

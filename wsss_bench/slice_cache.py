@@ -128,6 +128,7 @@ def load(folder: Path) -> SliceSet:
         np.load(folder / "masks.npy", mmap_mode="r"),
         np.load(folder / "case_ids.npy"),
         np.load(folder / "slice_index.npy"),
+        origin=f"cache/{folder.name}",
     )
 
 
@@ -156,8 +157,10 @@ def _write(folder: Path, cases: list[tuple[str, np.ndarray, np.ndarray]],
 
 
 def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
-            image_size: int | None = None, reporter: Reporter | None = None) -> SliceSet:
-    """The dataset's slices from the cache, making the cache first if needed."""
+            image_size: int | None = None, reporter: Reporter | None = None,
+            force: bool = False) -> SliceSet:
+    """The dataset's slices from the cache, making the cache first if needed (or anew when
+    ``force``)."""
     reporter = reporter or Reporter(quiet=True)
     t0 = time.perf_counter()
     sources = dataset.sources(Path(data_dir))
@@ -165,7 +168,7 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
         raise UsageError(f"dataset {dataset.name!r} found no cases under {data_dir}")
     key, description = cache_key(dataset, sources, image_size)
     folder = Path(cache_root) / f"{dataset.name}-{key}"
-    if (folder / "meta.json").is_file():
+    if (folder / "meta.json").is_file() and not force:
         data = load(folder)
         reporter.summary(f"[bold]prepare[/] {dataset.name}: slice cache reused ({folder})")
         return data
@@ -183,6 +186,10 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
     tmp.mkdir()
     try:
         _write(tmp, cases, description)
+        if force and folder.exists():
+            old = cache_root / f".tmp-old-{key}-{os.getpid()}"
+            os.rename(folder, old)
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(tmp, folder)
         except OSError:  # another run finished the same cache first

@@ -19,6 +19,7 @@ class SliceSet:
     masks: np.ndarray  # bool[N,H,W]
     case_ids: np.ndarray  # str[N]
     slice_index: np.ndarray  # int64[N]
+    origin: str = ""  # where the slices came from (the slice-cache folder), for unit keys
 
     def __len__(self) -> int:
         return len(self.images)
@@ -30,7 +31,7 @@ class SliceSet:
 
     def subset(self, index: np.ndarray) -> SliceSet:
         return SliceSet(self.images[index], self.masks[index], self.case_ids[index],
-                        self.slice_index[index])
+                        self.slice_index[index], self.origin)
 
 
 def resize_case(case: Case, size: int) -> Case:

@@ -1,0 +1,96 @@
+"""Presets and ``--config run.toml``: how a run's settings are put together.
+
+Precedence, lowest first: the defaults, the preset (``--preset``), the config file
+(``--config``), the flags on the command line. The effective settings are stored in every
+leaderboard row (``run.config``).
+
+``--preset paper`` is the authors' setting for the dataset (DESIGN.md, "Training"; the paper,
+Section IV): ResNet-34 and ResNet-50, Grad-CAM of the predicted class, the four ensembles
+('and', 'or', '<', '>'), with and without the dataset's filter, threshold grid step 0.1,
+3 folds; decathlon: ADC slices at 320×320, 5 epochs, batch 4, ImageNet weights (when they can
+be reached); brats and msd-brain: FLAIR 128×128 crops, 10 epochs, batch 32, from scratch, the
+brain-and-central-band filter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from wsss_bench.errors import UsageError
+
+_COMMON: dict[str, Any] = {
+    "backbones": ("resnet34", "resnet50"),
+    "cams": ("gradcam",),
+    "ensembles": ("and", "or", "smaller", "bigger"),
+    "threshold_step": 0.1,
+    "folds": 3,
+    "cam_target": "predicted",
+    "gate": False,
+}
+_BRAIN: dict[str, Any] = {**_COMMON, "filters": ("none", "brain-band"), "epochs": 10,
+                          "batch_size": 32, "pretrained": False}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {
+        "decathlon": {**_COMMON, "filters": ("none", "center-box"), "epochs": 5,
+                      "batch_size": 4, "pretrained": True,
+                      "options": {"decathlon": {"modality": "adc", "size": "320"}}},
+        "brats": {**_BRAIN, "options": {"brats": {"modalities": "flair",
+                                                  "crop": "56:184,56:184,13:141"}}},
+        "msd-brain": {**_BRAIN, "options": {"msd-brain": {"modalities": "flair",
+                                                      "crop": "56:184,56:184,13:141"}}},
+    },
+}
+
+
+def preset(name: str, dataset: str) -> dict[str, Any]:
+    """The settings of preset ``name`` for ``dataset``; unknown names are a UsageError."""
+    if name not in PRESETS:
+        raise UsageError(f"--preset {name}: unknown preset; choose one of {', '.join(PRESETS)}")
+    per_dataset = PRESETS[name]
+    if dataset not in per_dataset:
+        raise UsageError(f"--preset {name}: no settings for dataset {dataset!r}; it has "
+                         f"{', '.join(per_dataset)}")
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in per_dataset[dataset].items()}
+
+
+def read_config(path: Path, known: set[str]) -> dict[str, Any]:
+    """The settings of a TOML config file: keys are the ``run`` options (``batch-size`` or
+    ``batch_size``), lists or comma-separated strings for lists, and a table ``[options.NAME]``
+    for plugin options. An unknown key or unreadable file is a UsageError naming it."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"--config {path}: not readable TOML ({exc})") from None
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name == "options":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise UsageError(f"--config {path}: 'options' must be tables [options.PLUGIN]")
+            out["options"] = {p: {k: _text(v) for k, v in kv.items()} for p, kv in value.items()}
+        elif name in known:
+            out[name] = value
+        else:
+            raise UsageError(f"--config {path}: unknown setting {key!r}; use the names of "
+                             f"`wsss-bench run --help` (e.g. batch-size)")
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def merge_options(*layers: dict[str, dict[str, str]] | None) -> dict[str, dict[str, str]]:
+    """Plugin options of several layers; later layers win key by key."""
+    out: dict[str, dict[str, str]] = {}
+    for layer in layers:
+        for plugin, values in (layer or {}).items():
+            out.setdefault(plugin, {}).update(values)
+    return out

@@ -74,3 +74,41 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
         atomic.write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_reported_paper_rows_follow_the_dsc_formula_and_stay_distinct(tmp_path):
+    from wsss_bench import reported
+
+    for dataset in ("brats", "decathlon"):
+        rows = reported.rows(dataset)
+        assert len(rows) == len(reported.TABLES[dataset][1]) and len(
+            {r["method"] for r in rows}) == len(rows)
+        for r in rows:
+            m, d = r["metrics"]["paper_miou"]["mean"], r["metrics"]["paper_dsc"]["mean"]
+            assert d == pytest.approx(2 * m / (1 + m), abs=0.0011)  # their DSC is 2m/(1+m)
+            assert r["source"] == "reported" and r["method"].startswith("paper: ")
+    assert reported.rows("phantom") == []
+    board = leaderboard.update(tmp_path, "brats", [row("resnet34 / gradcam / none", 0.66)],
+                               {"command": "wsss-bench run --dataset brats"}, name="sample")
+    assert (tmp_path / "sample.json").exists() and board["name"] == "sample"
+    assert {r["source"] for r in board["rows"]} == {"measured", "reported"}
+    again = leaderboard.update(tmp_path, "brats", [], {}, name="sample")
+    assert len(again["rows"]) == len(board["rows"])  # reported rows are not duplicated
+    md = (tmp_path / "sample.md").read_text()
+    assert "| *paper: ResNet-34x50 'and' + Box* | 0.5680 | 0.7240 | — | — | — |" in md
+    assert "reported, Table II" in md and "- Reproduce: `wsss-bench run --dataset brats`" in md
+    assert "*Italic* rows" in md
+
+
+def test_csv_format(tmp_path):
+    import csv
+    import io
+
+    board = leaderboard.update(tmp_path, "decathlon", [row("a", 0.9), row("Empty", 0.65)], {})
+    lines = list(csv.DictReader(io.StringIO(leaderboard.render_csv(board))))
+    assert lines[0]["method"] == "a" and lines[0]["rank"] == "1"
+    assert float(lines[0]["paper_dsc_mean"]) == 0.9 and float(lines[0]["paper_dsc_std"]) == 0.01
+    paper = [r for r in lines if r["source"] == "reported"]
+    assert len(paper) == 21 and all(r["dice_pooled_mean"] == "" for r in paper)
+    assert [float(r["paper_dsc_mean"]) for r in lines] == sorted(
+        (float(r["paper_dsc_mean"]) for r in lines), reverse=True)

@@ -62,9 +62,13 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
     name = name or dataset
     json_path, md_path = paths(leaderboard_dir, name)
     with atomic.locked(json_path.with_name(f".{name}.lock")):
-        old = load(json_path)["rows"] if json_path.exists() else []
-        rows = merge(old, [*new_rows, *reported.rows(dataset)])
-        board = {"dataset": dataset, "name": name, **header, "rows": rows}
+        old_board = load(json_path) if json_path.exists() else {"rows": []}
+        rows = merge(old_board["rows"], [*new_rows, *reported.rows(dataset)])
+        kept = {k: v for k, v in old_board.items() if k not in ("rows", "dataset", "name")}
+        fresh = {k: v for k, v in header.items() if v is not None}
+        if "split" in header:  # a new split replaces seed and file together
+            fresh.update({k: header.get(k) for k in ("split", "split_seed", "split_file")})
+        board = {"dataset": dataset, "name": name, **kept, **fresh, "rows": rows}
         atomic.write_text(json_path, json.dumps(board, indent=2) + "\n")
         atomic.write_text(md_path, render_markdown(board))
     return board
@@ -168,7 +172,7 @@ def render_markdown(board: dict[str, Any]) -> str:
                f"torch {run.get('torch')}, wsss-bench {run.get('wsss_bench')}, "
                f"seed {run.get('seed')}, weights "
                f"{', '.join(sorted(set((run.get('effective') or {}).get('weights', {}).values())))}"
-               )
+               + (f"; `{run['command']}`" if run.get("command") else ""))
         runs.setdefault(key, []).append(rank)
     for key, ranks in runs.items():
         lines.append(f"- rows {', '.join(map(str, ranks))}: {key}")

@@ -268,6 +268,8 @@ class Runner:
             if stage in force:
                 force.update(FORCE_STAGES[i:])
         self.store = Store(Path(config.workdir), force)
+        for b_name in self.backbones:  # a missing weights file is an error before any work
+            self.weights_for(b_name)
 
     def _devices(self) -> list[torch.device]:
         cfg = self.config

@@ -1,0 +1,105 @@
+"""``--preset paper`` and ``--config run.toml``: precedence, errors, and the paper preset on the
+real BraTS sample."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_cli import run_captured, run_main
+from wsss_bench.cli import build_parser, run_config
+from wsss_bench.runner import RunConfig
+
+
+def config_of(args: list[str]) -> RunConfig:
+    return run_config(build_parser().parse_args(["run", *args]))
+
+
+def test_defaults_without_preset_or_config():
+    config = config_of([])
+    assert config == RunConfig(preset=None)
+
+
+def test_paper_preset_per_dataset():
+    brats = config_of(["--preset", "paper", "--dataset", "brats"])
+    assert brats.backbones == ("resnet34", "resnet50")
+    assert brats.ensembles == ("and", "or", "smaller", "bigger")
+    assert brats.filters == ("none", "brain-band")
+    assert (brats.epochs, brats.batch_size, brats.pretrained) == (10, 32, False)
+    assert brats.options == {"brats": {"modalities": "flair", "crop": "56:184,56:184,13:141"}}
+    assert brats.cam_target == "predicted" and brats.threshold_step == 0.1
+    decathlon = config_of(["--preset", "paper", "--dataset", "decathlon"])
+    assert decathlon.filters == ("none", "center-box")
+    assert (decathlon.epochs, decathlon.batch_size, decathlon.pretrained) == (5, 4, True)
+    assert decathlon.options == {"decathlon": {"modality": "adc", "size": "320"}}
+    assert decathlon.preset == "paper"
+
+
+def test_config_file_and_flags_override_the_preset(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('dataset = "brats"\npreset = "paper"\nepochs = 3\n'
+                    'backbones = "resnet18,resnet34"\nseeds = [0, 1]\n[options.brats]\n'
+                    'crop = "56:184,56:184,60:76"\nbinarize = 0.8\n')
+    config = config_of(["--config", str(toml), "--epochs", "1", "-o", "brats.binarize=0.5"])
+    assert config.preset == "paper" and config.dataset == "brats"
+    assert config.epochs == 1  # flag > file > preset
+    assert config.batch_size == 32  # preset
+    assert config.backbones == ("resnet18", "resnet34")  # file
+    assert config.seeds == (0, 1)
+    assert config.options["brats"] == {"modalities": "flair", "crop": "56:184,56:184,60:76",
+                                       "binarize": "0.5"}
+
+
+@pytest.mark.parametrize(("args", "content", "needle"), [
+    (["--preset", "fast"], None, "--preset fast: unknown preset"),
+    (["--preset", "paper"], None, "no settings for dataset 'phantom'"),
+    (["--config", "{toml}"], "epochz = 3\n", "unknown setting 'epochz'"),
+    (["--config", "{toml}"], "epochs = \n", "not readable TOML"),
+    (["--config", "{toml}"], 'epochs = "many"\n', "epochs = 'many'"),
+    (["--config", "{toml}"], "gate = 1\n", "expected true or false"),
+    (["--config", "{toml}"], "options = 3\n", "must be tables"),
+    (["--config", "{missing}"], None, "no such file"),
+    (["--force", "everything"], None, "--force everything: stages are prepare, train"),
+    (["--amp", "maybe"], None, "--amp"),
+    (["--gpus", "2"], None, "--gpus 2: this machine has 0 CUDA GPU(s)"),
+    (["--seeds", "1,1"], None, "a seed is listed twice"),
+    (["--seeds", "a"], None, "comma-separated integers"),
+    (["--leaderboard-name", "../x"], None, "--leaderboard-name"),
+    (["--weights", "{missing}"], None, "no such folder"),
+])
+def test_bad_settings_are_one_line(tmp_path, capsys, args, content, needle):
+    toml = tmp_path / "run.toml"
+    if content is not None:
+        toml.write_text(content)
+    args = [a.format(toml=toml, missing=tmp_path / "missing") for a in args]
+    code, err = run_captured(["run", *args, "--workdir", str(tmp_path / "w"),
+                              "--leaderboard-dir", str(tmp_path / "b")], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_paper_preset_on_the_real_brats_sample(brats_sample, tmp_path):
+    """The preset with CPU-sized overrides: every paper ensemble with and without the filter."""
+    boards = tmp_path / "b"
+    code = run_main(["run", "--preset", "paper", "--dataset", "brats", "--data-dir",
+                     str(brats_sample), "--epochs", "1", "--batch-size", "16", "--image-size",
+                     "64", "-o", "brats.crop=56:184,56:184,60:72", "--workdir",
+                     str(tmp_path / "w"), "--leaderboard-dir", str(boards), "-q"])
+    assert code == 0
+    board = json.loads((boards / "brats.json").read_text())
+    measured = {r["method"] for r in board["rows"] if r["source"] == "measured"}
+    expected = {"Empty"} | {
+        f"{core} / gradcam / {filt}" for filt in ("none", "brain-band")
+        for core in ("resnet34", "resnet50", "and(resnet34,resnet50)", "or(resnet34,resnet50)",
+                     "<(resnet34,resnet50)", ">(resnet34,resnet50)")}
+    assert measured == expected
+    row = next(r for r in board["rows"] if r["method"] == "Empty")
+    assert row["run"]["config"]["preset"] == "paper"
+    assert row["run"]["config"]["epochs"] == 1 and row["run"]["config"]["batch_size"] == 16
+    assert row["run"]["effective"]["weights"] == {"resnet34": "random", "resnet50": "random"}
+    md = (boards / "brats.md").read_text()
+    assert "- Reproduce: `wsss-bench run --preset paper" in md
+    assert "crop=56:184,56:184,60:72" in md  # the preprocessing line of the header

@@ -6,6 +6,7 @@ import inspect
 import re
 
 import pluggy
+import pytest
 
 from wsss_bench import hookspecs
 from wsss_bench.contracts import KINDS
@@ -40,3 +41,20 @@ def test_every_kind_has_one_documented_register_hook():
         assert list(inspect.signature(fn).parameters) == ["register"]
         assert len(inspect.getdoc(fn) or "") > 40
         assert f"`{name}`" in (ROOT / "CONTRIBUTING.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["phantom", "brats-sample"])
+def test_committed_leaderboards_are_real_runs_with_their_command(name):
+    """Each committed board: JSON is the source of truth, the markdown is rendered from it, the
+    header states the command, and every measured row was made by that command."""
+    import json
+
+    from wsss_bench import leaderboard
+
+    board = json.loads((ROOT / "leaderboards" / f"{name}.json").read_text())
+    assert board["name"] == name and board["command"].startswith("wsss-bench run")
+    measured = [r for r in board["rows"] if r["source"] == "measured"]
+    assert measured and all(r["run"]["command"] == board["command"] for r in measured)
+    assert all(r["run"]["device"].startswith("cpu") for r in measured)
+    assert (ROOT / "leaderboards" / f"{name}.md").read_text() == leaderboard.render_markdown(board)
+    assert f"- Reproduce: `{board['command']}`" in leaderboard.render_markdown(board)

@@ -123,7 +123,7 @@ def _preprocessing(board: dict[str, Any]) -> str | None:
     run = max(measured, key=lambda r: r["run"].get("date") or "")["run"]
     settings = (run.get("plugins") or {}).get(board["dataset"], {})
     eff = run.get("effective") or {}
-    parts = [f"{k}={v}" for k, v in settings.items()]
+    parts = [f"{k}={v}" for k, v in settings.items() if k != "needs_data_dir"]
     if eff.get("image_size"):
         parts.append(f"slices {eff.get('in_chans', '?')}×{'×'.join(map(str, eff['image_size']))}")
     return ", ".join(parts) if parts else None

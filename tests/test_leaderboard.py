@@ -112,3 +112,17 @@ def test_csv_format(tmp_path):
     assert len(paper) == 21 and all(r["dice_pooled_mean"] == "" for r in paper)
     assert [float(r["paper_dsc_mean"]) for r in lines] == sorted(
         (float(r["paper_dsc_mean"]) for r in lines), reverse=True)
+
+
+def test_leaderboard_command_prints_csv_md_json(tmp_path, capsys):
+    from tests.test_cli import run_main
+
+    leaderboard.update(tmp_path, "brats", [row("a", 0.9)], {"command": "wsss-bench run"},
+                       name="sample")
+    capsys.readouterr()
+    for fmt, check in (("csv", lambda out: out.splitlines()[1].startswith("1,a,measured,")),
+                       ("md", lambda out: out.startswith("# wsss-bench leaderboard: `sample`")),
+                       ("json", lambda out: json.loads(out)["name"] == "sample")):
+        assert run_main(["leaderboard", "--dataset", "sample", "--leaderboard-dir",
+                         str(tmp_path), "--format", fmt]) == 0
+        assert check(capsys.readouterr().out), fmt

@@ -14,9 +14,9 @@ from tests.test_store import measured, units
 
 pytestmark = pytest.mark.slow
 
-# smoothgradcam++ with 24 noisy copies makes CAM generation take seconds, so a kill lands in it
+# smoothgradcam++ with 16 noisy copies makes CAM generation take seconds, so a kill lands in it
 ARGS = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds", "2", "--epochs", "1",
-        "--batch-size", "8", "--cams", "smoothgradcam++", "-o", "smoothgradcam++.samples=24",
+        "--batch-size", "8", "--cams", "smoothgradcam++", "-o", "smoothgradcam++.samples=16",
         "--ensembles", "and"]
 
 

@@ -116,6 +116,17 @@ def test_units_side_by_side_on_two_devices_equal_one_device(tmp_path):
         rows[name] = {r["method"]: r["metrics"] for r in result}
         assert len(units(tmp_path / name, "train")) == 4
     assert rows["one"] == rows["two"]
+    # --force train on two devices: the workers retrain, the main pass does not redo it
+    before = units(tmp_path / "two", "train")
+    config = RunConfig(**small, devices=("cpu", "cpu"), workdir=str(tmp_path / "two"),
+                       force=("train",))
+    result, _ = Runner(config, registry, Reporter(quiet=True)).run()
+    after = units(tmp_path / "two", "train")
+    assert set(after) == set(before) and all(after[k] > before[k] for k in before)
+    made = [json.loads((tmp_path / "two" / "units" / "train" / k / "unit.json").read_text())
+            for k in after]
+    assert len({m["pid"] for m in made}) == 2  # made by the two workers, not the main process
+    assert {r["method"]: r["metrics"] for r in result} == rows["one"]
 
 
 def test_store_write_is_atomic(tmp_path):

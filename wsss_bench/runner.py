@@ -405,6 +405,10 @@ class Runner:
                        for i, device in enumerate(self.devices) if todo[i::n]]
             for future in futures:
                 self.weights_used.update(future.result())
+        for job in todo:  # made (or remade under --force) by the workers: not to be redone here
+            key, _ = self.train_key(data, folds, job)
+            self.store.redone.update([f"train/{key}", *(f"cams/{self.cam_key(key, c)[0]}"
+                                                        for c in self.cams)])
 
     def _job_done(self, job: Job, data: SliceSet, folds: list[list[str]]) -> bool:
         key, _ = self.train_key(data, folds, job)

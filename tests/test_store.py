@@ -142,3 +142,17 @@ def test_store_write_is_atomic(tmp_path):
     assert list((tmp_path / "units" / "train").iterdir()) == []
     store.write("train", "k1", {"a": 1}, lambda folder: {"extra": 2})
     assert store.ready("train", "k1") and store.info("train", "k1")["extra"] == 2
+
+
+def test_unit_keys_change_with_options_and_plugin_release(tmp_path):
+    registry = wsss_bench.load_registry()
+    runner = Runner(RunConfig(workdir=str(tmp_path)), registry, Reporter(quiet=True))
+    key, description = runner.cam_key("t" * 20, "gradcam")
+    assert description["plugin"].startswith("wsss-bench ")
+    runner.versions["gradcam"] = "wsss-bench 99.0"
+    assert runner.cam_key("t" * 20, "gradcam")[0] != key
+    other = Runner(RunConfig(workdir=str(tmp_path), cam_target="predicted"), registry,
+                   Reporter(quiet=True))
+    assert other.cam_key("t" * 20, "gradcam")[0] != key
+    assert other.evaluate_key(["a"], "and", "none", ["c1"])[0] != other.evaluate_key(
+        ["a"], "or", "none", ["c1"])[0]

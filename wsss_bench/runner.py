@@ -268,6 +268,9 @@ class Runner:
             if stage in force:
                 force.update(FORCE_STAGES[i:])
         self.store = Store(Path(config.workdir), force)
+        self.versions = plugin_versions(registry, {
+            "datasets": (config.dataset,), "backbones": config.backbones, "cams": config.cams,
+            "ensembles": config.ensembles, "filters": config.filters})
         for b_name in self.backbones:  # a missing weights file is an error before any work
             self.weights_for(b_name)
 
@@ -372,6 +375,7 @@ class Runner:
             else None, "config": asdict(cfg)})
         info = run_info(self.device, cfg.seed, asdict(cfg))
         info["plugins"] = self.plugin_settings()
+        info["plugin_versions"] = dict(self.versions)
         info["effective"] = {"image_size": list(data.images.shape[2:]),
                              "data_dir": str(self.data_dir) if self.data_dir else None,
                              "folds": len(folds), "seeds": list(self.seeds),
@@ -494,6 +498,7 @@ class Runner:
             "data": data.origin,
             "train_cases": train_cases,
             "backbone": job.backbone,
+            "plugin": self.versions.get(job.backbone),
             "settings": self.plugin_settings()[job.backbone],
             "in_chans": int(data.images.shape[1]),
             "output_stride": self.config.output_stride,
@@ -508,7 +513,7 @@ class Runner:
 
     def cam_key(self, train_key: str, c_name: str) -> tuple[str, dict[str, Any]]:
         cfg = self.config
-        description = {"train": train_key, "cam": c_name,
+        description = {"train": train_key, "cam": c_name, "plugin": self.versions.get(c_name),
                        "settings": self.plugin_settings()[c_name], "target": cfg.cam_target,
                        "gate": cfg.gate, "amp": self.amp}
         return digest(["cams", description]), description
@@ -519,6 +524,7 @@ class Runner:
         description = {"cams": cam_keys, "ensemble": e_name,
                        "ensemble_settings": settings.get(e_name) if e_name else None,
                        "filter": f_name, "filter_settings": settings[f_name],
+                       "plugins": [self.versions.get(e_name), self.versions.get(f_name)],
                        "validation": sorted(val_cases), "step": self.config.threshold_step,
                        "select_by": self.config.select_by}
         return digest(["evaluate", description]), description
@@ -686,6 +692,26 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
               "split_file": config.folds_file, "command": command}
     return leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header,
                               name=config.leaderboard_name)
+
+
+def plugin_versions(registry: Registry, used: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """``{plugin name: "<distribution> <version>"}``: part of every unit key, so a plugin
+    release that changes results never reuses units of the old release."""
+    from importlib import metadata
+
+    out: dict[str, str] = {}
+    for kind, names in used.items():
+        for name in names:
+            try:
+                source = registry.kind(kind).get_entry(name).source
+            except Exception:  # noqa: BLE001 (a plugin object not from the registry)
+                source = "unknown"
+            try:
+                version = metadata.version(source)
+            except (metadata.PackageNotFoundError, ValueError):
+                version = "?"
+            out[name] = f"{source} {version}"
+    return out
 
 
 def _when(timestamp: float) -> str:

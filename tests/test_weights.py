@@ -107,9 +107,11 @@ def test_unreachable_hub_falls_back_to_random_and_says_so(tmp_path, monkeypatch)
     # offline mode fails at once (read at call time); a real network timeout takes ~45 s here
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    config = RunConfig(backbones=("resnet18",), ensembles=(), pretrained=True,
+    config = RunConfig(backbones=("resnet18", "resnet34"), ensembles=(), pretrained=True,
                        workdir=str(tmp_path / "w"))
-    with pytest.warns(UserWarning, match="cannot be reached"):
+    with pytest.warns(UserWarning, match="cannot be reached") as caught:
         runner = Runner(config, REGISTRY, Reporter(quiet=True))
+    assert len(caught) == 1  # after the first failure the hub is not tried again
     assert runner.weights_used["resnet18"].startswith("random (hub unreachable")
+    assert runner.weights_used["resnet34"] == runner.weights_used["resnet18"]
     assert runner.pretrained_arg("resnet18") is False

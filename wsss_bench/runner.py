@@ -649,8 +649,12 @@ class Runner:
         """What the backbone starts from: ``random``, ``timm-hub`` or a local file's path
         (with its size), resolved once per run; recorded in the unit key and the rows."""
         if b_name not in self.weights_used:
-            self.weights_used[b_name] = weights.resolve(
-                self.backbones[b_name], self.config.weights, self.config.pretrained)
+            failed = [w for w in self.weights_used.values() if w.startswith("random (hub")]
+            if failed and self.config.pretrained and not self.config.weights:
+                self.weights_used[b_name] = failed[0]  # the hub is down: do not wait again
+            else:
+                self.weights_used[b_name] = weights.resolve(
+                    self.backbones[b_name], self.config.weights, self.config.pretrained)
         return self.weights_used[b_name]
 
     def pretrained_arg(self, b_name: str) -> bool | Path:

@@ -41,12 +41,14 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
     toml.write_text('dataset = "brats"\npreset = "paper"\nepochs = 3\n'
                     'backbones = "resnet18,resnet34"\nseeds = [0, 1]\n[options.brats]\n'
                     'crop = "56:184,56:184,60:76"\nbinarize = 0.8\n')
-    config = config_of(["--config", str(toml), "--epochs", "1", "-o", "brats.binarize=0.5"])
+    config = config_of(["--config", str(toml), "--epochs", "1", "-o", "brats.binarize=0.5",
+                        "--no-pretrained"])
     assert config.preset == "paper" and config.dataset == "brats"
     assert config.epochs == 1  # flag > file > preset
     assert config.batch_size == 32  # preset
     assert config.backbones == ("resnet18", "resnet34")  # file
-    assert config.seeds == (0, 1)
+    assert config.seeds == (0, 1) and config.pretrained is False
+    assert config_of(["--config", str(toml), "--image-size", "64"]).image_size == 64
     assert config.options["brats"] == {"modalities": "flair", "crop": "56:184,56:184,60:76",
                                        "binarize": "0.5"}
 
@@ -60,6 +62,11 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
     (["--config", "{toml}"], "gate = 1\n", "expected true or false"),
     (["--config", "{toml}"], "options = 3\n", "must be tables"),
     (["--config", "{missing}"], None, "no such file"),
+    (["--config", "{toml}"], 'image-size = "big"\n', "image_size = 'big'"),
+    (["--config", "{toml}"], "device = 1\n", "device = 1: expected a string"),
+    (["--config", "{toml}"], "epochs = true\n", "expected an integer"),
+    (["--config", "{toml}"], 'dataset = ["brats"]\npreset = "paper"\n', "expected a name"),
+    (["--config", "{toml}"], "backbones = [1, 2]\n", "expected names"),
     (["--force", "everything"], None, "--force everything: stages are prepare, train"),
     (["--amp", "maybe"], None, "--amp"),
     (["--gpus", "2"], None, "--gpus 2: this machine has 0 CUDA GPU(s)"),

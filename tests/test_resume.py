@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -87,7 +88,7 @@ def test_killed_during_cams_and_during_training_then_resumed(tmp_path):
 
 def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     work, boards = tmp_path / "w", tmp_path / "b"
-    code, log = run_until(work, boards, "data phantom:", signal.SIGINT)
+    code, log = run_until(work, boards, "train resnet18 fold 1/2:", signal.SIGINT)
     assert code == 130, log
     assert "Traceback" not in "\n".join(log)
     assert log[-1] == (f"wsss-bench run: interrupted; finished units are kept in {work}/units: "
@@ -95,8 +96,12 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert not (boards / "phantom.json").exists()
     leftovers = [p for p in (work / "units").rglob(".*")] if (work / "units").exists() else []
     assert leftovers == []
-    manifest = list((work / "manifests").glob("*.json")) if (work / "manifests").exists() else []
-    assert manifest == []
+    # the run's manifest names exactly the finished units, so `clean` keeps them for a resume
+    (manifest,) = (work / "manifests").glob("*.json")
+    named = json.loads(manifest.read_text())["units"]
+    assert any(u.startswith("train/") for u in named)
+    for unit in named:
+        assert (work / "units" / unit / "unit.json").is_file()
     # whatever unit directories exist are whole (the interrupted one was never renamed in)
     for unit in (work / "units").glob("*/*") if (work / "units").exists() else []:
         assert (unit / "unit.json").is_file()

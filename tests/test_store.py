@@ -75,6 +75,13 @@ def test_reuse_add_plugins_force_and_clean(tmp_path, capsys):
     code, err = run_captured(["clean", "--workdir", str(work)], capsys)
     assert code == 0 and not orphan.exists() and not leftover.exists()
     assert units(work, "train") == retrained
+    # an unreadable manifest stops clean before it removes anything
+    bad = work / "manifests" / "broken.json"
+    bad.write_text("{not json")
+    code, err = run_captured(["clean", "--workdir", str(work)], capsys)
+    assert code == 2 and "broken.json: unreadable run manifest" in err
+    assert units(work, "train") == retrained
+    bad.unlink()
     # without its manifests nothing is referenced any more
     for manifest in (work / "manifests").glob("*.json"):
         manifest.unlink()

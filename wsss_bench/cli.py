@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import fields
@@ -122,7 +123,7 @@ def build_parser() -> ArgumentParser:
     r.add_argument("--seeds", type=_ints,
                    help="training seeds, e.g. 0,1,2: rows are mean ± std over seeds × folds "
                         "(default: --seed)")
-    r.add_argument("--pretrained", action="store_true",
+    r.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
                    help="start from timm's hub weights when they can be reached")
     r.add_argument("--weights", metavar="DIR",
                    help="start from local checkpoints in DIR (<model>.safetensors or .pth)")
@@ -194,6 +195,7 @@ def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None
     from wsss_bench.runner import run_and_publish
 
     config = run_config(args)
+    args.workdir = config.workdir  # for the resume hint after Ctrl-C
     reporter = Reporter(quiet=args.quiet)
     command = "wsss-bench " + shlex.join(argv)
     board = run_and_publish(config, load_registry(), reporter, command=command)
@@ -218,7 +220,11 @@ def run_config(args: argparse.Namespace):
     from_file = (presets.read_config(Path(args.config), set(kinds) - {"options"})
                  if getattr(args, "config", None) else {})
     dataset = flags.get("dataset") or from_file.get("dataset") or RunConfig.dataset
+    if not isinstance(dataset, str):
+        raise UsageError(f"--config {args.config}: dataset = {dataset!r}: expected a name")
     name = flags.get("preset") or from_file.get("preset")
+    if name is not None and not isinstance(name, str):
+        raise UsageError(f"--config {args.config}: preset = {name!r}: expected a name")
     from_preset = presets.preset(name, dataset) if name else {}
     values: dict[str, Any] = {}
     for layer, where in ((from_preset, "--preset"), (from_file, f"--config {args.config}"
@@ -233,22 +239,46 @@ def run_config(args: argparse.Namespace):
 
 
 def _coerce(key: str, value: Any, config_type: type, where: str) -> Any:
-    """A setting from a preset or TOML file as the RunConfig field's type."""
-    default = getattr(config_type(), key)
+    """A setting from a preset or TOML file as the RunConfig field's type (its annotation);
+    a value of another type is a UsageError naming the setting."""
+    hint = typing.get_type_hints(config_type)[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    kind = typing.get_origin(hint) or hint
+    if optional:
+        if value is None:
+            return None
+        kind = typing.get_origin(args[0]) or args[0]
     try:
-        if isinstance(default, tuple):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            items = [i.strip() if isinstance(i, str) else i for i in items]
-            return tuple(int(i) for i in items) if key == "seeds" else tuple(
-                str(i) for i in items if str(i))
-        if isinstance(default, bool):
+        if kind is tuple:
+            if isinstance(value, str):
+                value = value.split(",")
+            if not isinstance(value, list | tuple):
+                raise ValueError("expected a list or a comma-separated string")
+            items = [i.strip() if isinstance(i, str) else i for i in value]
+            if key == "seeds":
+                if any(isinstance(i, bool) for i in items):
+                    raise ValueError("expected integers")
+                return tuple(int(i) for i in items)
+            if not all(isinstance(i, str) for i in items):
+                raise ValueError("expected names")
+            return tuple(i for i in items if i)
+        if kind is bool:
             if not isinstance(value, bool):
                 raise ValueError("expected true or false")
             return value
-        if isinstance(default, int) and not isinstance(value, bool):
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError("expected an integer")
             return int(value)
-        if isinstance(default, float):
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError("expected a number")
             return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{where}: {key} = {value!r}: {exc}") from None
     return value

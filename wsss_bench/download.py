@@ -96,6 +96,9 @@ def download(url: str, dest: Path, reporter: Reporter, attempts: int = ATTEMPTS)
         except urllib.error.HTTPError as exc:
             raise DownloadError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; "
                                 f"download it by hand and put it at {dest}") from None
+        except ValueError as exc:  # not a URL urllib can open
+            raise DownloadError(f"cannot download {url!r}: {exc}; check the dataset's url "
+                                f"option") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             if isinstance(exc, urllib.error.URLError) and not part.exists():

@@ -231,7 +231,8 @@ def _regions(filt, data: SliceSet, train: np.ndarray) -> np.ndarray:
 class Runner:
     """Runs one configuration over all folds and returns leaderboard rows."""
 
-    def __init__(self, config: RunConfig, registry: Registry, reporter: Reporter | None = None):
+    def __init__(self, config: RunConfig, registry: Registry, reporter: Reporter | None = None,
+                 weights_used: dict[str, str] | None = None):
         config.validate()
         self.config = config
         self.reporter = reporter or Reporter(quiet=True)
@@ -261,7 +262,7 @@ class Runner:
         self.seeds = config.seeds or (config.seed,)
         self.grid = calibration.threshold_grid(config.threshold_step)
         self.strides: dict[str, int] = {}  # output stride each backbone was built with
-        self.weights_used: dict[str, str] = {}  # initial weights per backbone
+        self.weights_used: dict[str, str] = dict(weights_used or {})  # per backbone
         self.n_folds = config.folds
         force = set(config.force)
         for i, stage in enumerate(FORCE_STAGES):  # a forced stage forces every later one
@@ -362,6 +363,9 @@ class Runner:
         self.summarize_data(data, time.perf_counter() - t0)
         self.write_folds(folds)
         self.n_folds = len(folds)
+        self.store.start_manifest(self.manifest_name(data), {
+            "dataset": cfg.dataset, "cache": data.origin if data.origin.startswith("cache/")
+            else None, "config": asdict(cfg)})
         jobs = [Job(seed, fold, b) for seed in self.seeds for fold in range(len(folds))
                 for b in self.backbones]
         if len(self.devices) > 1:
@@ -370,9 +374,6 @@ class Runner:
         for seed in self.seeds:
             for fold in range(len(folds)):
                 self._run_fold(data, folds, seed, fold, results)
-        self.store.write_manifest(self.manifest_name(data), {
-            "dataset": cfg.dataset, "cache": data.origin if data.origin.startswith("cache/")
-            else None, "config": asdict(cfg)})
         info = run_info(self.device, cfg.seed, asdict(cfg))
         info["plugins"] = self.plugin_settings()
         info["plugin_versions"] = dict(self.versions)
@@ -403,12 +404,24 @@ class Runner:
         n = len(self.devices)
         self.reporter.summary(f"[bold]units[/] {len(todo)} (backbone, fold, seed) units on "
                               f"{n} devices side by side: {', '.join(map(str, self.devices))}")
+        from concurrent.futures.process import BrokenProcessPool
+
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        # workers redo the forced stages once (the main pass then does not); the slice cache
+        # is already prepared; they start from the weights resolved here
+        config = dataclasses.replace(self.config, force=tuple(self.store.force - {"prepare"}))
         with ProcessPoolExecutor(n, mp_context=context) as pool:
-            futures = [pool.submit(_device_worker, self.config, str(device), todo[i::n], folds)
+            futures = [pool.submit(_device_worker, config, str(device), todo[i::n], folds,
+                                   dict(self.weights_used))
                        for i, device in enumerate(self.devices) if todo[i::n]]
-            for future in futures:
-                self.weights_used.update(future.result())
+            try:
+                for future in futures:
+                    future.result()
+            except BrokenProcessPool:
+                raise UsageError("a side-by-side worker process died (out of memory?); "
+                                 "finished units are kept: run the same command again to "
+                                 "resume, with fewer --gpus or a smaller --batch-size"
+                                 ) from None
         for job in todo:  # made (or remade under --force) by the workers: not to be redone here
             key, _ = self.train_key(data, folds, job)
             self.store.redone.update([f"train/{key}", *(f"cams/{self.cam_key(key, c)[0]}"
@@ -499,12 +512,14 @@ class Runner:
             "train_cases": train_cases,
             "backbone": job.backbone,
             "plugin": self.versions.get(job.backbone),
+            "dataset_plugin": self.versions.get(cfg.dataset),
+            "device_type": self.device.type,
             "settings": self.plugin_settings()[job.backbone],
             "in_chans": int(data.images.shape[1]),
             "output_stride": self.config.output_stride,
             "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr},
             "seed": self.unit_seed(job),
-            "weights": self.weights_for(job.backbone),
+            "weights": weights.key_of(self.weights_for(job.backbone)),
             "amp": self.amp,
             "channels_last": self.channels_last,
             "predict_batch": cfg.cam_batch_size,
@@ -514,6 +529,7 @@ class Runner:
     def cam_key(self, train_key: str, c_name: str) -> tuple[str, dict[str, Any]]:
         cfg = self.config
         description = {"train": train_key, "cam": c_name, "plugin": self.versions.get(c_name),
+                       "device_type": self.device.type,
                        "settings": self.plugin_settings()[c_name], "target": cfg.cam_target,
                        "gate": cfg.gate, "amp": self.amp}
         return digest(["cams", description]), description
@@ -722,14 +738,15 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).isoformat(timespec="seconds")
 
 
-def _device_worker(config: RunConfig, device: str, jobs: list[Job], folds: list[list[str]]
-                   ) -> dict[str, str]:
-    """A side-by-side worker: train and map ``jobs`` on ``device``; the weights it used."""
+def _device_worker(config: RunConfig, device: str, jobs: list[Job], folds: list[list[str]],
+                   weights_used: dict[str, str]) -> None:
+    """A side-by-side worker: train and map ``jobs`` on ``device``."""
     from wsss_bench.registry import load_registry
 
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))  # pinned memory etc. on this GPU
     runner = Runner(dataclasses.replace(config, device=device, devices=(), gpus=0),
-                    load_registry(), Reporter(quiet=True))
+                    load_registry(), Reporter(quiet=True), weights_used=weights_used)
     data = runner.load_data()
     for job in jobs:
         runner.train_and_map(data, folds, job)
-    return runner.weights_used

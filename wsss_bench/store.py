@@ -10,6 +10,7 @@ removed by the next write or by ``wsss-bench clean``). Each run records the unit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss_bench import atomic
+from wsss_bench.errors import UsageError
 
 STAGES = ("train", "cams", "evaluate")
 UNIT_FILE = "unit.json"
@@ -41,6 +43,8 @@ class Store:
         self.force = set(force)
         self.used: set[str] = set()  # "<stage>/<key>" of every unit this run touched
         self.redone: set[str] = set()  # units recomputed under --force in this run
+        self.manifest: Path | None = None  # rewritten whenever a unit is used
+        self.manifest_extra: dict[str, Any] = {}
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -68,9 +72,14 @@ class Store:
             (tmp / UNIT_FILE).write_text(json.dumps(meta, indent=1, default=str))
             if final.exists():  # forced: replace the old unit
                 old = final.with_name(f".{key}.old-{os.getpid()}")
-                os.replace(final, old)
+                with contextlib.suppress(FileNotFoundError):  # another run replaced it first
+                    os.replace(final, old)
                 shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another run finished the same unit first: theirs is as good
+                if not (final / UNIT_FILE).is_file():
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.redone.add(f"{stage}/{key}")
@@ -78,13 +87,23 @@ class Store:
         return final
 
     def use(self, stage: str, key: str) -> None:
-        self.used.add(f"{stage}/{key}")
+        name = f"{stage}/{key}"
+        if name not in self.used:
+            self.used.add(name)
+            self._save_manifest()
 
-    def write_manifest(self, name: str, extra: dict[str, Any]) -> Path:
-        """Record the units this run used (``clean`` keeps exactly the recorded ones)."""
-        path = self.workdir / "manifests" / f"{name}.json"
-        atomic.write_text(path, json.dumps({"units": sorted(self.used), **extra}, indent=1))
-        return path
+    def start_manifest(self, name: str, extra: dict[str, Any]) -> Path:
+        """Record, from now on and after every new unit, the units this run uses: ``clean``
+        keeps exactly the recorded ones, also those of a run that was killed."""
+        self.manifest = self.workdir / "manifests" / f"{name}.json"
+        self.manifest_extra = extra
+        self._save_manifest()
+        return self.manifest
+
+    def _save_manifest(self) -> None:
+        if self.manifest is not None:
+            atomic.write_text(self.manifest, json.dumps(
+                {"units": sorted(self.used), **self.manifest_extra}, indent=1, default=str))
 
 
 def referenced(workdir: Path) -> set[str]:
@@ -93,8 +112,12 @@ def referenced(workdir: Path) -> set[str]:
     for manifest in sorted((Path(workdir) / "manifests").glob("*.json")):
         try:
             data = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{manifest}: unreadable run manifest ({exc}); nothing was "
+                             f"removed: fix or delete it, then clean again") from None
+        if not isinstance(data, dict) or not isinstance(data.get("units", []), list):
+            raise UsageError(f"{manifest}: not a wsss-bench run manifest; nothing was removed: "
+                             f"fix or delete it, then clean again")
         keep.update(data.get("units", []))
         if data.get("cache"):
             keep.add(f"cache/{Path(data['cache']).name}")

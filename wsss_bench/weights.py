@@ -42,7 +42,8 @@ def resolve(backbone: Any, weights_dir: str | None, pretrained: bool) -> str:
     model_name = getattr(backbone, "model_name", backbone.name)
     if weights_dir:
         path = find_checkpoint(Path(weights_dir).expanduser(), model_name)
-        return f"file {path.resolve()} ({path.stat().st_size} bytes)"
+        st = path.stat()
+        return f"file {path.resolve()} ({st.st_size} bytes, mtime_ns {st.st_mtime_ns})"
     if not pretrained:
         return "random"
     try:  # one build downloads into the hub cache; training builds read it from there
@@ -53,6 +54,12 @@ def resolve(backbone: Any, weights_dir: str | None, pretrained: bool) -> str:
                       f"({reason}); starting from random weights", stacklevel=2)
         return f"random (hub unreachable: {reason})"
     return "timm-hub"
+
+
+def key_of(source: str) -> str:
+    """The part of a weights source that decides the weights (for unit keys): every random
+    start is the same start, whatever the hub said."""
+    return "random" if source.startswith("random") else source
 
 
 def build_argument(backbone: Any, source: str, weights_dir: str | None) -> bool | Path:

@@ -8,15 +8,22 @@ missing, the one other NIfTI file in the folder whose name contains "seg" is tak
 uint8 {0,1,2,4} (BraTS 2020) or float {0..4} (BraTS 2015); whole tumour = label > 0.
 
 Preprocessing (the authors' code): per-slice min–max per modality on the full 240×240 slice,
-crop ``[56:184, 56:184, 13:141]`` (128 slices of 128×128), optional binarisation at 0.8 of the
-slice maximum (``binarize=0.8``; the paper's "threshold of 0.8" for the CAM input). No download:
-BraTS needs registration.
+crop ``[56:184, 56:184, 13:141]`` (128 slices of 128×128). That is the training view
+(``modalities``, stacked as channels in the order given). The CAM view (``cam_binarize > 0``):
+``cam_modality`` (FLAIR) normalised the same way, every pixel ``>= cam_binarize`` set to
+``cam_value`` and the rest to 0, repeated over the training view's channels — the authors'
+Grad-CAM input (brats_GradCAM_res34.py: the paper's "threshold of 0.8 to the normalized
+frame", written as 0/255). Filters always see the training view. No download: BraTS needs
+registration.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from wsss_bench import hookimpl
 from wsss_bench.contracts import Case, CaseFiles
@@ -25,6 +32,7 @@ from wsss_bench.volumes import (
     DataError,
     FileDatasetBase,
     MissingData,
+    binarized_view,
     brain_case,
     is_nifti,
     parse_crop,
@@ -40,21 +48,46 @@ WHERE = "https://www.med.upenn.edu/cbica/brats2020/registration.html"
 DEFAULT_CROP = "56:184,56:184,13:141"
 
 
-def parse_modalities(text: str, owner: str) -> tuple[str, ...]:
+def parse_modalities(text: str, owner: str, one: bool = False) -> tuple[str, ...]:
     names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
     bad = [n for n in names if n not in MODALITIES]
+    if one and (len(names) != 1 or bad):
+        raise ValueError(f"{owner}: cam_modality must be one of {', '.join(MODALITIES)}; got "
+                         f"{text!r}")
     if not names or bad or len(set(names)) != len(names):
         raise ValueError(f"{owner}: modalities must be distinct names from "
                          f"{', '.join(MODALITIES)}, comma-separated; got {text!r}")
     return names
 
 
-def check_brain_options(owner: str, modalities: str, crop: str, binarize: float) -> None:
+def check_brain_options(dataset: Any) -> None:
     """The options ``brats`` and ``msd-brain`` share; a bad value is a ValueError."""
-    parse_modalities(modalities, owner)
-    parse_crop(crop, owner)
-    if not 0 <= binarize < 1:
-        raise ValueError(f"{owner}: binarize must be in [0, 1) (0 = off), got {binarize}")
+    owner = dataset.name
+    parse_modalities(dataset.modalities, owner)
+    parse_crop(dataset.crop, owner)
+    if not 0 <= dataset.cam_binarize <= 1:
+        raise ValueError(f"{owner}: cam_binarize must be in [0, 1] (0 = no CAM view: CAMs see "
+                         f"the training input), got {dataset.cam_binarize}")
+    if not (np.isfinite(dataset.cam_value) and dataset.cam_value > 0):
+        raise ValueError(f"{owner}: cam_value must be a positive number (the authors' 255, or "
+                         f"1 for the training input's range), got {dataset.cam_value}")
+    parse_modalities(dataset.cam_modality, owner, one=True)
+
+
+def cam_view(dataset: Any, volumes: dict[str, tuple[Path, np.ndarray]],
+             box: tuple[slice, slice, slice] | None, channels: int) -> np.ndarray | None:
+    """The CAM view of one case (see the module docstring), or None when ``cam_binarize`` is 0."""
+    if dataset.cam_binarize <= 0:
+        return None
+    path, volume = volumes[dataset.cam_modality.strip().lower()]
+    return binarized_view(path, volume, box, dataset.cam_binarize, dataset.cam_value, channels)
+
+
+def needed_modalities(dataset: Any) -> tuple[str, ...]:
+    """The training modalities, plus the CAM view's modality when there is a CAM view."""
+    names = parse_modalities(dataset.modalities, dataset.name)
+    cam = dataset.cam_modality.strip().lower()
+    return names + ((cam,) if dataset.cam_binarize > 0 and cam not in names else ())
 
 
 def _nifti_files(folder: Path) -> dict[str, Path]:
@@ -110,38 +143,54 @@ class Brats(FileDatasetBase):
     needs_data_dir: bool = True
     modalities: str = "flair"
     crop: str = DEFAULT_CROP
-    binarize: float = 0.0
-    cache_version: int = 1
+    cam_binarize: float = 0.0
+    cam_value: float = 255.0
+    cam_modality: str = "flair"
+    cache_version: int = 2
     fixed_fields = ("needs_data_dir", "cache_version")
     download_note = (f"BraTS 2020 needs registration: get {RELEASE} from {WHERE} and pass the "
                      f"folder that holds it as --data-dir")
 
     def __post_init__(self) -> None:
-        check_brain_options(self.name, self.modalities, self.crop, self.binarize)
+        check_brain_options(self)
 
     def sources(self, data_dir: Path) -> list[CaseFiles]:
         out = []
         for folder in case_folders(Path(data_dir)):
             files = _nifti_files(folder)
             found: dict[str, Path] = {}
-            for m in parse_modalities(self.modalities, self.name):
+            for m in needed_modalities(self):
                 path = files.get(f"{folder.name}_{m}")
                 if path is None:
-                    raise DataError(f"{folder}: case {folder.name} has no {m} file "
-                                    f"({folder.name}_{m}.nii.gz); choose other modalities with "
-                                    f"-o {self.name}.modalities=…")
+                    raise DataError(self._missing(folder, files, m))
                 found[m] = path
             found["seg"] = find_seg(folder, files)
             out.append(CaseFiles(folder.name, found))
         return out
 
+    def _missing(self, folder: Path, files: dict[str, Path], modality: str) -> str:
+        """The message for a missing modality file, with the override that would work."""
+        have = [m for m in MODALITIES if f"{folder.name}_{m}" in files]
+        wanted = parse_modalities(self.modalities, self.name)
+        if modality not in wanted:  # the CAM view's modality
+            fix = (f"pass -o {self.name}.cam_modality={have[0]} or -o {self.name}."
+                   f"cam_binarize=0" if have else "restore it")
+        else:
+            keep = [m for m in wanted if m in have] or have
+            fix = (f"pass -o {self.name}.modalities={','.join(keep)}" if keep
+                   else "restore the files")
+        return (f"{folder}: case {folder.name} has no {modality} file ({folder.name}_{modality}"
+                f".nii.gz; it has {', '.join(have) or 'no modality'}): {fix}")
+
     def load(self, source: CaseFiles) -> Case:
-        modalities = parse_modalities(self.modalities, self.name)
-        images = [(source.files[m], read_image(source.files[m], 3)) for m in modalities]
+        volumes = {m: (source.files[m], read_image(source.files[m], 3))
+                   for m in needed_modalities(self)}
+        images = [volumes[m] for m in parse_modalities(self.modalities, self.name)]
         mask = read_mask(source.files["seg"], LABELS, images[0][1].shape)
-        slices, masks = brain_case(source.case_id, source.files["seg"].parent, images, mask,
-                                   parse_crop(self.crop, self.name), self.binarize)
-        return Case(source.case_id, slices, masks)
+        box = parse_crop(self.crop, self.name)
+        slices, masks = brain_case(source.case_id, source.files["seg"].parent, images, mask, box)
+        return Case(source.case_id, slices, masks,
+                    cam_view(self, volumes, box, slices.shape[1]))
 
 
 @hookimpl

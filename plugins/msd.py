@@ -17,8 +17,8 @@ it is also what the authors did for BraTS and the paper says the prostate "follo
 scheme", and it keeps the background at 0 for the filters.
 
 ``msd-brain``: the BraTS-derived Task01 (FLAIR, T1w, T1gd, T2w = channels 0-3; labels {0,1,2,3}),
-with the same preprocessing as ``brats``: per-slice min–max on the full slice, crop, optional
-binarisation.
+with the same preprocessing as ``brats``: per-slice min–max on the full slice, crop, and the
+same optional CAM view (``cam_binarize``, ``cam_value``, ``cam_modality``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,13 @@ from wsss_bench.volumes import (
     stem,
     to_slices,
 )
-from wsss_bench_plugins.brats import DEFAULT_CROP, check_brain_options, parse_modalities
+from wsss_bench_plugins.brats import (
+    DEFAULT_CROP,
+    cam_view,
+    check_brain_options,
+    needed_modalities,
+    parse_modalities,
+)
 
 HOST = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 PROSTATE_MODALITIES = {"t2": (0,), "adc": (1,), "both": (0, 1)}
@@ -142,28 +148,32 @@ class MsdBrain(MsdTask):
     needs_data_dir: bool = True
     modalities: str = "flair"
     crop: str = DEFAULT_CROP
-    binarize: float = 0.0
+    cam_binarize: float = 0.0
+    cam_value: float = 255.0
+    cam_modality: str = "flair"
     url: str = f"{HOST}/Task01_BrainTumour.tar"
     md5: str = "240a19d752f0d9e9101544901065d872"
-    cache_version: int = 1
+    cache_version: int = 2
     task = "Task01_BrainTumour"
     labels = (0, 1, 2, 3)
     fixed_fields = ("needs_data_dir", "cache_version")
 
     def __post_init__(self) -> None:
-        check_brain_options(self.name, self.modalities, self.crop, self.binarize)
+        check_brain_options(self)
 
     def load(self, source: CaseFiles) -> Case:
         path = source.files["image"]
-        names = parse_modalities(self.modalities, self.name)
+        names = needed_modalities(self)
         volume = read_image(path, 4)
         volume = channels(path, volume, [BRAIN_CHANNELS[m] for m in names],
-                          f"{self.name} modalities {self.modalities}")
+                          f"{self.name} modalities {','.join(names)}")
         mask = read_mask(source.files["label"], self.labels, volume.shape[:3])
-        images = [(path, volume[..., i]) for i in range(volume.shape[-1])]
-        slices, masks = brain_case(source.case_id, path.parent, images, mask,
-                                   parse_crop(self.crop, self.name), self.binarize)
-        return Case(source.case_id, slices, masks)
+        volumes = {m: (path, volume[..., i]) for i, m in enumerate(names)}
+        images = [volumes[m] for m in parse_modalities(self.modalities, self.name)]
+        box = parse_crop(self.crop, self.name)
+        slices, masks = brain_case(source.case_id, path.parent, images, mask, box)
+        return Case(source.case_id, slices, masks,
+                    cam_view(self, volumes, box, slices.shape[1]))
 
 
 @hookimpl

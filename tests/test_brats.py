@@ -74,15 +74,17 @@ def test_two_modalities_stack_as_channels(brats_sample, cases):
     np.testing.assert_allclose(case.images[:, 1], reference_slices(t1ce), atol=2e-7)
 
 
-def test_binarize_keeps_pixels_above_the_fraction_of_the_slice_maximum(brats_sample, cases):
-    ds = Brats(binarize=0.8)
+def test_the_training_view_is_never_binarised(brats_sample, cases):
+    """The authors binarise only the CAM input (tests/test_cam_view.py); the old option that
+    binarised the training input (and so the filters' input) is gone."""
+    ds = Brats(cam_binarize=0.8)
     source = ds.sources(brats_sample)[1]
     case = ds.load(source)
-    flair = raw(brats_sample, source.case_id, "flair")
-    expected = (reference_slices(flair) > 0.8).astype(np.float32)
-    assert set(np.unique(case.images)) == {0.0, 1.0}
-    # float32 vs float64 rounding can flip a pixel sitting exactly at 0.8
-    assert (case.images[:, 0] != expected).mean() < 1e-5
+    np.testing.assert_array_equal(case.images, cases[source.case_id].images)
+    assert len(np.unique(case.images)) > 1000
+    assert set(np.unique(case.cam_images)) == {0.0, 255.0}
+    with pytest.raises(TypeError, match="binarize"):
+        Brats(binarize=0.8)  # type: ignore[call-arg]
 
 
 def test_crop_option(brats_sample):
@@ -97,7 +99,7 @@ def test_crop_option(brats_sample):
 
 
 @pytest.mark.parametrize("bad", [{"modalities": "flair,dwi"}, {"modalities": ""},
-                                 {"crop": "1:2,3"}, {"crop": "5:1,0:1,0:1"}, {"binarize": 1.5}])
+                                 {"crop": "1:2,3"}, {"crop": "5:1,0:1,0:1"}, {"cam_binarize": 1.5}])
 def test_bad_options_are_rejected(bad):
     with pytest.raises(ValueError):
         dataclasses.replace(Brats(), **bad)
@@ -106,6 +108,12 @@ def test_bad_options_are_rejected(bad):
 def test_missing_modality_names_the_case(brats_sample):
     with pytest.raises(DataError, match=r"BraTS15_pat0001 has no t2 file"):
         Brats(modalities="t2").sources(brats_sample)
+    # the message names the override that works on this data
+    with pytest.raises(DataError, match=r"it has flair, t1ce\): pass -o brats.modalities="
+                                        r"flair,t1ce$"):
+        Brats(modalities="flair,t1ce,t2").sources(brats_sample)
+    with pytest.raises(DataError, match=r"no t2 file .*-o brats.cam_modality=flair"):
+        Brats(cam_binarize=0.8, cam_modality="t2").sources(brats_sample)
 
 
 def link_case(src: Path, dst: Path, seg_name: str | None = None) -> None:

@@ -23,12 +23,17 @@ KINDS = ("datasets", "backbones", "cams", "ensembles", "filters")
 class Case:
     """One patient: its 2-D slices after the dataset's preprocessing.
 
-    ``images`` is float32[S,C,H,W]; ``masks`` is bool[S,H,W] (True = lesion).
+    ``images`` is float32[S,C,H,W], the training view: what the classifiers are trained on
+    and what filters see. ``masks`` is bool[S,H,W] (True = lesion). ``cam_images``, when not
+    None, is the CAM view: float32 of the same shape as ``images``, what the CAM methods are
+    given instead of ``images`` (the authors' BraTS code trains on [FLAIR, T1ce, T2] and takes
+    the Grad-CAM of binarised FLAIR). None means the CAMs see the training view.
     """
 
     case_id: str
     images: np.ndarray
     masks: np.ndarray
+    cam_images: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.masks.ndim != 3:
@@ -41,6 +46,11 @@ class Case:
             raise ValueError(
                 f"case {self.case_id}: mask shape {self.masks.shape} does not match images "
                 f"{self.images.shape}"
+            )
+        if self.cam_images is not None and self.cam_images.shape != self.images.shape:
+            raise ValueError(
+                f"case {self.case_id}: CAM view shape {self.cam_images.shape} does not match "
+                f"the training view {self.images.shape}"
             )
 
 

@@ -2,12 +2,13 @@
 
 A file dataset's cases are decoded in parallel worker processes (``workers``) and stored as
 memory-mappable ``.npy`` arrays under ``<cache_root>/<dataset>-<key>/``: ``images.npy``
-float16[N,C,H,W], ``masks.npy`` bool[N,H,W], ``case_ids.npy`` str[N], ``slice_index.npy``
-int64[N], and ``meta.json`` (what the key was made of). The key hashes the dataset's name,
-``cache_version`` and option values, the requested image size and every source file's path,
-size and modification time, so any change to an option or a file makes a new pass. The arrays
-are written into a hidden temporary folder that is renamed into place only when complete: a
-failed or interrupted pass leaves no cache behind.
+float16[N,C,H,W] (the training view), ``cam_images.npy`` float16[N,C,H,W] (the CAM view, only
+for a dataset that gives one), ``masks.npy`` bool[N,H,W], ``case_ids.npy`` str[N],
+``slice_index.npy`` int64[N], and ``meta.json`` (what the key was made of). The key hashes
+the dataset's name, ``cache_version`` and option values, the requested image size and every
+source file's path, size and modification time, so any change to an option or a file makes a
+new pass. The arrays are written into a hidden temporary folder that is renamed into place only
+when complete: a failed or interrupted pass leaves no cache behind.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from wsss_bench import options
 from wsss_bench.contracts import CaseFiles
 from wsss_bench.errors import UsageError
 from wsss_bench.progress import Reporter
-from wsss_bench.slices import SliceSet, resize_case
+from wsss_bench.slices import SliceSet, join_cam_views, resize_case
 
 CACHE_FORMAT = 1
 FILES = ("images.npy", "masks.npy", "case_ids.npy", "slice_index.npy")
@@ -70,17 +71,23 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one case per process; cores are shared across processes
 
 
-def _decode(job: tuple[Any, CaseFiles, int | None]) -> tuple[str, np.ndarray, np.ndarray]:
-    """Decode one case (in a worker): ``(case_id, images float16, masks bool)``."""
+Decoded = tuple[str, np.ndarray, np.ndarray, np.ndarray | None]
+
+
+def _decode(job: tuple[Any, CaseFiles, int | None]) -> Decoded:
+    """Decode one case (in a worker): ``(case_id, images float16, masks bool, CAM view float16
+    or None)``."""
     dataset, source, image_size = job
     case = dataset.load(source)
     if image_size is not None:
         case = resize_case(case, image_size)
-    return case.case_id, case.images.astype(np.float16), case.masks.astype(bool, copy=False)
+    cam = None if case.cam_images is None else case.cam_images.astype(np.float16)
+    return (case.case_id, case.images.astype(np.float16), case.masks.astype(bool, copy=False),
+            cam)
 
 
 def _decode_all(dataset: Any, sources: list[CaseFiles], image_size: int | None, workers: int,
-                advance) -> list[tuple[str, np.ndarray, np.ndarray]]:
+                advance) -> list[Decoded]:
     jobs = [(dataset, s, image_size) for s in sources]
     if workers <= 1 or len(jobs) <= 1:
         out = []
@@ -123,33 +130,41 @@ def _remove_stale(cache_root: Path) -> None:
 
 def load(folder: Path) -> SliceSet:
     """The cached SliceSet in ``folder``; images stay memory-mapped (float16)."""
+    cam = folder / "cam_images.npy"
     return SliceSet(
         np.load(folder / "images.npy", mmap_mode="r"),
         np.load(folder / "masks.npy", mmap_mode="r"),
         np.load(folder / "case_ids.npy"),
         np.load(folder / "slice_index.npy"),
         origin=f"cache/{folder.name}",
+        cam_images=np.load(cam, mmap_mode="r") if cam.is_file() else None,
     )
 
 
-def _write(folder: Path, cases: list[tuple[str, np.ndarray, np.ndarray]],
-           description: dict[str, Any]) -> None:
-    n = sum(len(images) for _, images, _ in cases)
-    shape = cases[0][1].shape[1:]
-    images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.float16,
-                                       shape=(n, *shape))
-    masks = np.empty((n, *shape[1:]), dtype=bool)
-    case_ids, slice_index = [], []
+def _write_stacked(path: Path, parts: list[np.ndarray], n: int) -> None:
+    """``parts`` (float16 [S_i,C,H,W]) one after another into a memory-mapped ``.npy``."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
+                                    shape=(n, *parts[0].shape[1:]))
     start = 0
-    for case_id, case_images, case_masks in cases:
-        stop = start + len(case_images)
-        images[start:stop] = case_images
-        masks[start:stop] = case_masks
+    for part in parts:
+        out[start : start + len(part)] = part
+        start += len(part)
+    out.flush()
+    del out
+
+
+def _write(folder: Path, cases: list[Decoded], description: dict[str, Any],
+           dataset: str) -> None:
+    n = sum(len(images) for _, images, _, _ in cases)
+    _write_stacked(folder / "images.npy", [images for _, images, _, _ in cases], n)
+    views = [cam for _, _, _, cam in cases]
+    if join_cam_views(dataset, [v[:0] if v is not None else None for v in views]) is not None:
+        _write_stacked(folder / "cam_images.npy", views, n)  # type: ignore[arg-type]
+    masks = np.concatenate([case_masks for _, _, case_masks, _ in cases])
+    case_ids, slice_index = [], []
+    for case_id, case_images, _, _ in cases:
         case_ids += [case_id] * len(case_images)
         slice_index += range(len(case_images))
-        start = stop
-    images.flush()
-    del images
     np.save(folder / "masks.npy", masks)
     np.save(folder / "case_ids.npy", np.asarray(case_ids))
     np.save(folder / "slice_index.npy", np.asarray(slice_index, dtype=np.int64))
@@ -174,7 +189,7 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
         return data
     with reporter.task(f"prepare {dataset.name}", total=len(sources)) as advance:
         cases = _decode_all(dataset, sources, image_size, workers, advance)
-    shapes = {images.shape[1:] for _, images, _ in cases}
+    shapes = {images.shape[1:] for _, images, _, _ in cases}
     if len(shapes) > 1:
         raise UsageError(f"dataset {dataset.name!r} yields slices of several shapes "
                          f"{sorted(shapes)}; pass --image-size N to resize them to N×N")
@@ -185,7 +200,7 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write(tmp, cases, description)
+        _write(tmp, cases, description, dataset.name)
         if force and folder.exists():
             old = cache_root / f".tmp-old-{key}-{os.getpid()}"
             os.rename(folder, old)

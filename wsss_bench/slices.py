@@ -20,9 +20,15 @@ class SliceSet:
     case_ids: np.ndarray  # str[N]
     slice_index: np.ndarray  # int64[N]
     origin: str = ""  # where the slices came from (the slice-cache folder), for unit keys
+    cam_images: np.ndarray | None = None  # the CAM view (same shape as images), if any
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def cam_input(self) -> np.ndarray:
+        """What the CAM methods see: the dataset's CAM view, else the training images."""
+        return self.images if self.cam_images is None else self.cam_images
 
     @property
     def labels(self) -> np.ndarray:
@@ -31,18 +37,24 @@ class SliceSet:
 
     def subset(self, index: np.ndarray) -> SliceSet:
         return SliceSet(self.images[index], self.masks[index], self.case_ids[index],
-                        self.slice_index[index], self.origin)
+                        self.slice_index[index], self.origin,
+                        None if self.cam_images is None else self.cam_images[index])
+
+
+def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    return F.interpolate(torch.from_numpy(images.astype(np.float32)), size=(size, size),
+                         mode="bilinear", align_corners=False, antialias=True).numpy()
 
 
 def resize_case(case: Case, size: int) -> Case:
-    """Resize to ``size``×``size``: images bilinear (antialiased), masks nearest."""
+    """Resize to ``size``×``size``: images (and a CAM view) bilinear (antialiased), masks
+    nearest."""
     if case.images.shape[-2:] == (size, size):
         return case
-    images = F.interpolate(torch.from_numpy(case.images.astype(np.float32)), size=(size, size),
-                           mode="bilinear", align_corners=False, antialias=True)
     masks = F.interpolate(torch.from_numpy(case.masks[:, None].astype(np.float32)),
                           size=(size, size), mode="nearest")[:, 0] > 0.5
-    return Case(case.case_id, images.numpy(), masks.numpy())
+    cam = None if case.cam_images is None else _resize_images(case.cam_images, size)
+    return Case(case.case_id, _resize_images(case.images, size), masks.numpy(), cam)
 
 
 def collect(dataset: Dataset, data_dir: Path | None, image_size: int | None = None) -> SliceSet:
@@ -52,10 +64,11 @@ def collect(dataset: Dataset, data_dir: Path | None, image_size: int | None = No
     if data_dir is not None and not Path(data_dir).is_dir():
         raise UsageError(f"--data-dir {data_dir}: no such folder; pass the folder that holds "
                          f"the {dataset.name} cases")
-    images, masks, case_ids, slice_index = [], [], [], []
+    images, masks, case_ids, slice_index, cams = [], [], [], [], []
     for case in dataset.cases(data_dir):
         if image_size is not None:
             case = resize_case(case, image_size)
+        cams.append(case.cam_images)
         images.append(case.images.astype(np.float32, copy=False))
         masks.append(case.masks.astype(bool, copy=False))
         case_ids.extend([case.case_id] * len(case.images))
@@ -68,4 +81,18 @@ def collect(dataset: Dataset, data_dir: Path | None, image_size: int | None = No
         raise UsageError(f"dataset {dataset.name!r} yields slices of several shapes {shapes}; "
                          f"pass --image-size N to resize them to N×N")
     return SliceSet(np.concatenate(images), np.concatenate(masks), np.asarray(case_ids),
-                    np.asarray(slice_index, dtype=np.int64))
+                    np.asarray(slice_index, dtype=np.int64),
+                    cam_images=join_cam_views(dataset.name, cams))
+
+
+def join_cam_views(dataset: str, views: list[np.ndarray | None]) -> np.ndarray | None:
+    """The cases' CAM views as one float32 array, or None when no case has one; a dataset
+    that gives some cases a CAM view and others none is an error naming it."""
+    present = [v is not None for v in views]
+    if not any(present):
+        return None
+    if not all(present):
+        raise UsageError(f"dataset plugin {dataset!r} gave a CAM view for "
+                         f"{sum(present)} of {len(views)} cases; it must give one for every "
+                         f"case or for none (report this to the plugin's authors)")
+    return np.concatenate([np.asarray(v, dtype=np.float32) for v in views])

@@ -187,14 +187,13 @@ def resize_slices(images: np.ndarray, masks: np.ndarray, size: int
 
 
 def brain_case(case_id: str, where: Path, images: list[tuple[Path, np.ndarray]],
-               mask: np.ndarray, box: tuple[slice, slice, slice] | None, binarize: float
+               mask: np.ndarray, box: tuple[slice, slice, slice] | None
                ) -> tuple[np.ndarray, np.ndarray]:
     """The authors' BraTS preprocessing of one case: ``(float32[S,C,H,W], bool[S,H,W])``.
 
     ``images`` are 3-D modality volumes (path, array) of one shape. Each 2-D slice of each
     modality is min–max normalised on the full slice (background → exactly 0), then the
-    volume is cropped to ``box``; ``binarize > 0`` keeps ``pixel > binarize`` (the authors'
-    0.8: 0.8 of the slice maximum, since the slice maximum is 1 after normalisation).
+    volume is cropped to ``box``. This is the training view; nothing here is binarised.
     """
     shape = images[0][1].shape
     for path, volume in images[1:]:
@@ -202,7 +201,22 @@ def brain_case(case_id: str, where: Path, images: list[tuple[Path, np.ndarray]],
             raise DataError(f"{path}: shape {volume.shape} differs from {images[0][0].name} "
                             f"{shape} in case {case_id} ({where})")
     volume = minmax_slices(np.stack([v for _, v in images], axis=-1))
-    if binarize > 0:
-        volume = (volume > binarize).astype(np.float32)
     first = images[0][0]
     return to_slices(crop(first, volume, box)), mask_slices(crop(first, mask, box))
+
+
+def binarized_view(path: Path, volume: np.ndarray, box: tuple[slice, slice, slice] | None,
+                   threshold: float, value: float, channels: int) -> np.ndarray:
+    """The authors' Grad-CAM input of one case: ``float32[S,channels,H,W]``.
+
+    ``volume`` is one 3-D modality (FLAIR in the authors' code). Each slice is min–max
+    normalised on the full slice in float64, cropped to ``box``, and every pixel ``>=
+    threshold`` becomes ``value``, every other pixel 0 (``img[img < 0.8] = 0; img[img > 0] =
+    255`` in brats_GradCAM_res34.py); the map is repeated over ``channels`` (the model's
+    input channels).
+    """
+    normalised = minmax_slices(volume.astype(np.float64)[..., None])
+    cropped = crop(path, normalised, box)[..., 0]  # [X,Y,Z]
+    binary = np.where(cropped >= threshold, np.float32(value), np.float32(0.0))
+    slices = np.ascontiguousarray(binary.transpose(2, 0, 1), dtype=np.float32)  # [Z,X,Y]
+    return np.repeat(slices[:, None], channels, axis=1)

@@ -125,6 +125,9 @@ class TimmBackbone:
     model_name: str
     description: str
     weights_url: str = ""  # with --pretrained: download from this URL instead of timm's hub
+    # with --pretrained: timm's weight tag (e.g. tv_in1k: torchvision's ImageNet weights);
+    # "" = timm's default tag for the model
+    pretrained_tag: str = ""
 
     def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path = False,
               output_stride: int = 32) -> nn.Module:
@@ -141,17 +144,24 @@ class TimmBackbone:
             kwargs["pretrained_cfg_overlay"] = {"url": self.weights_url, "hf_hub_id": None,
                                                 "source": ""}
         if output_stride == 32:
-            model = timm.create_model(self.model_name, **kwargs)
+            model = timm.create_model(self._hub_name(kwargs["pretrained"]), **kwargs)
         else:
             model = _restoring_rng(lambda: self._create_strided(kwargs, output_stride))
         if local is not None:
             load_local_weights(model, Path(local))
         return model
 
+    def _hub_name(self, from_hub: bool) -> str:
+        """``model.tag`` when hub weights with a chosen tag are wanted, else the model name
+        (the architecture does not depend on the tag)."""
+        return f"{self.model_name}.{self.pretrained_tag}" if from_hub and self.pretrained_tag \
+            else self.model_name
+
     def _create_strided(self, kwargs: dict[str, Any], output_stride: int) -> nn.Module:
         cannot = f"{self.model_name} cannot change its output stride to {output_stride}"
         try:
-            model = timm.create_model(self.model_name, output_stride=output_stride, **kwargs)
+            model = timm.create_model(self._hub_name(kwargs["pretrained"]),
+                                      output_stride=output_stride, **kwargs)
         except (TypeError, ValueError, NotImplementedError) as exc:
             if "output_stride" not in str(exc):
                 raise

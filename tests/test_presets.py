@@ -22,17 +22,14 @@ def test_defaults_without_preset_or_config():
 
 
 def test_paper_preset_per_dataset():
+    """The common part; tests/test_paper_preset.py checks every setting against the
+    authors'."""
     brats = config_of(["--preset", "paper", "--dataset", "brats"])
     assert brats.backbones == ("resnet34", "resnet50")
     assert brats.ensembles == ("and", "or", "smaller", "bigger")
     assert brats.filters == ("none", "brain-band")
-    assert (brats.epochs, brats.batch_size, brats.pretrained) == (10, 32, False)
-    assert brats.options == {"brats": {"modalities": "flair", "crop": "56:184,56:184,13:141"}}
-    assert brats.cam_target == "predicted" and brats.threshold_step == 0.1
     decathlon = config_of(["--preset", "paper", "--dataset", "decathlon"])
     assert decathlon.filters == ("none", "center-box")
-    assert (decathlon.epochs, decathlon.batch_size, decathlon.pretrained) == (5, 4, True)
-    assert decathlon.options == {"decathlon": {"modality": "adc", "size": "320"}}
     assert decathlon.preset == "paper"
 
 
@@ -40,8 +37,8 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('dataset = "brats"\npreset = "paper"\nepochs = 3\n'
                     'backbones = "resnet18,resnet34"\nseeds = [0, 1]\n[options.brats]\n'
-                    'crop = "56:184,56:184,60:76"\nbinarize = 0.8\n')
-    config = config_of(["--config", str(toml), "--epochs", "1", "-o", "brats.binarize=0.5",
+                    'crop = "56:184,56:184,60:76"\ncam_binarize = 0.8\n')
+    config = config_of(["--config", str(toml), "--epochs", "1", "-o", "brats.cam_binarize=0.5",
                         "--no-pretrained"])
     assert config.preset == "paper" and config.dataset == "brats"
     assert config.epochs == 1  # flag > file > preset
@@ -49,8 +46,9 @@ def test_config_file_and_flags_override_the_preset(tmp_path):
     assert config.backbones == ("resnet18", "resnet34")  # file
     assert config.seeds == (0, 1) and config.pretrained is False
     assert config_of(["--config", str(toml), "--image-size", "64"]).image_size == 64
-    assert config.options["brats"] == {"modalities": "flair", "crop": "56:184,56:184,60:76",
-                                       "binarize": "0.5"}
+    assert config.options["brats"] == {
+        "modalities": "flair,t1ce,t2", "crop": "56:184,56:184,60:76", "cam_binarize": "0.5",
+        "cam_value": "255", "cam_modality": "flair"}
 
 
 @pytest.mark.parametrize(("args", "content", "needle"), [
@@ -93,7 +91,8 @@ def test_paper_preset_on_the_real_brats_sample(brats_sample, tmp_path):
     boards = tmp_path / "b"
     code = run_main(["run", "--preset", "paper", "--dataset", "brats", "--data-dir",
                      str(brats_sample), "--epochs", "1", "--batch-size", "16", "--image-size",
-                     "64", "-o", "brats.crop=56:184,56:184,60:72", "--workdir",
+                     "64", "-o", "brats.crop=56:184,56:184,60:72", "-o",
+                     "brats.modalities=flair,t1ce", "--workdir",
                      str(tmp_path / "w"), "--leaderboard-dir", str(boards), "-q"])
     assert code == 0
     board = json.loads((boards / "brats.json").read_text())
@@ -110,3 +109,10 @@ def test_paper_preset_on_the_real_brats_sample(brats_sample, tmp_path):
     md = (boards / "brats.md").read_text()
     assert "- Reproduce: `wsss-bench run --preset paper" in md
     assert "crop=56:184,56:184,60:72" in md  # the preprocessing line of the header
+    header = board  # the header fields sit at the top level of the board
+    assert "epochs 1 (preset: 10)" in header["preset_overrides"]
+    assert "-o brats.modalities=flair,t1ce (preset: flair,t1ce,t2)" in header["preset_overrides"]
+    assert any("CAM input" in d["topic"] for d in header["deviations"])
+    thresholds = next(r for r in board["rows"]
+                      if r["method"] == "and(resnet34,resnet50) / gradcam / none")["thresholds"]
+    assert len(thresholds) == 3 and thresholds[0] == thresholds[1] == thresholds[2]

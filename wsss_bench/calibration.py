@@ -6,11 +6,12 @@ For M >= 2 backbones an ensemble combines the M binary masks. Every point of the
 grid is evaluated exactly and the best score wins; among equal scores the lowest grid index
 in C order (first backbone's threshold first) wins.
 
-No mask is built per grid point (DESIGN.md, "Thresholds and calibration"). Each CAM value is
-quantized once to its bin ``b`` = the number of grid values strictly below it, so that
-``cam > t_i`` iff ``i < b`` (exactly as the float64 comparison decides it); the confusion
-counts of every grid point then follow from histograms of the bins and cumulative sums. With
-P pixels, M backbones, G grid values and N slices, per kind of ensemble:
+No mask is built per grid point (README.md, section "Calibration: every grid point, exactly,
+in one pass"). Each CAM value is quantized once to its bin ``b`` = the number of grid values
+strictly below it, so that ``cam > t_i`` iff ``i < b`` (exactly as the float64 comparison
+decides it); the confusion counts of every grid point then follow from histograms of the bins
+and cumulative sums. With P pixels, M backbones, G grid values and N slices, per kind of
+ensemble:
 
 - one backbone, or an ensemble with ``fuse`` (the fused CAM gets ONE threshold): histogram of
   ``(b, gt)``, suffix sums. O(P + G).
@@ -562,3 +563,23 @@ def grid_search(
         score=float(scores.flat[best]),
         scores=scores,
     )
+
+
+def choose_across_folds(scores: list[np.ndarray], thresholds: Any) -> GridResult:
+    """One threshold tuple for several folds: the grid point with the best mean score.
+
+    ``scores`` are the folds' ``GridResult.scores`` (one grid each, same shape), ``thresholds``
+    the 1-D grid they were computed on. This is the paper's Fig. 6 (the training grid averaged
+    over the folds). Ties go to the lowest C-order grid index, as in :func:`grid_search`.
+    """
+    if not scores:
+        raise ValueError("choose_across_folds needs the score grid of at least one fold")
+    shapes = {s.shape for s in scores}
+    if len(shapes) != 1:
+        raise ValueError(f"the folds' score grids differ in shape: {sorted(shapes)}")
+    values = np.asarray(to_numpy(thresholds), dtype=np.float64)
+    mean = np.mean(np.stack(scores), axis=0)
+    best = int(np.argmax(mean))
+    index = tuple(int(i) for i in np.unravel_index(best, mean.shape))
+    return GridResult(thresholds=tuple(float(values[i]) for i in index), index=index,
+                      score=float(mean.flat[best]), scores=mean)

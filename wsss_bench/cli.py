@@ -9,7 +9,7 @@ import sys
 import typing
 import warnings
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,13 @@ def build_parser() -> ArgumentParser:
     r.add_argument("--output-stride", choices=["auto", "8", "16", "32"],
                    help="backbone output stride: auto = 32 unless the CAM grid would have "
                         "fewer than 4 cells a side (default auto)")
+    r.add_argument("--precise-bn", choices=["on", "off"],
+                   help="recompute BatchNorm statistics of the trained weights (default "
+                        f"{d.precise_bn}; off = the running averages, as the authors)")
+    r.add_argument("--calibrate", choices=["per-fold", "across-folds"],
+                   help="thresholds chosen per fold on its training slices, or one tuple for "
+                        "all folds maximising the mean of their training grids (the paper's "
+                        f"Fig. 6; default {d.calibrate})")
     r.add_argument("--threshold-step", type=float,
                    help=f"threshold grid step; 1/step must be an integer "
                         f"(default {d.threshold_step})")
@@ -233,9 +240,10 @@ def run_config(args: argparse.Namespace):
             if key != "options":
                 values[key] = _coerce(key, value, RunConfig, where)
     values["preset"] = name
-    options = presets.merge_options(from_preset.get("options"), from_file.get("options"),
-                                    flag_options)
-    return RunConfig(**values, options=options)
+    config = RunConfig(**values)
+    preset_options = presets.options_for_used(from_preset.get("options"), config)
+    options = presets.merge_options(preset_options, from_file.get("options"), flag_options)
+    return replace(config, options=options)
 
 
 def _coerce(key: str, value: Any, config_type: type, where: str) -> Any:

@@ -37,6 +37,8 @@ EMPTY = "Empty"
 CAM_TARGETS = ("predicted", "positive")
 OUTPUT_STRIDES = ("auto", "8", "16", "32")
 SWITCHES = ("auto", "on", "off")
+ON_OFF = ("on", "off")
+CALIBRATIONS = ("per-fold", "across-folds")
 FORCE_STAGES = ("prepare", *STAGES)
 MIN_CAM_CELLS = 4  # `--output-stride auto`: the CAM grid gets at least this many cells a side
 
@@ -66,6 +68,8 @@ class RunConfig:
     gate: bool = False
     output_stride: str = "auto"
     lr: float = 1e-3
+    precise_bn: str = "on"  # recompute BatchNorm statistics after training (off: the authors')
+    calibrate: str = "per-fold"  # thresholds per fold, or one tuple for all folds (paper Fig. 6)
     workers: int | None = None  # processes that decode a file dataset; None = CPU cores (≤ 8)
     folds_file: str | None = None  # a published split instead of the seeded one
     seeds: tuple[int, ...] = ()  # training seeds (each × every fold); () = (seed,)
@@ -85,9 +89,12 @@ class RunConfig:
                            ("--cam-batch-size", self.cam_batch_size)):
             if value < 1:
                 raise UsageError(f"{opt} {value}: must be at least 1")
-        for opt, value in (("--amp", self.amp), ("--channels-last", self.channels_last)):
-            if value not in SWITCHES:
-                raise UsageError(f"{opt} {value}: choose one of {', '.join(SWITCHES)}")
+        for opt, value, choices in (("--amp", self.amp, SWITCHES),
+                                    ("--channels-last", self.channels_last, SWITCHES),
+                                    ("--precise-bn", self.precise_bn, ON_OFF),
+                                    ("--calibrate", self.calibrate, CALIBRATIONS)):
+            if value not in choices:
+                raise UsageError(f"{opt} {value}: choose one of {', '.join(choices)}")
         bad = [s for s in self.force if s not in FORCE_STAGES]
         if bad:
             raise UsageError(f"--force {','.join(bad)}: stages are {', '.join(FORCE_STAGES)}")
@@ -372,6 +379,9 @@ class Runner:
             self._run_side_by_side(jobs, data, folds)
         results: dict[str, MethodResult] = {}
         for seed in self.seeds:
+            if cfg.calibrate == "across-folds":
+                self._run_across_folds(data, folds, seed, results)
+                continue
             for fold in range(len(folds)):
                 self._run_fold(data, folds, seed, fold, results)
         info = run_info(self.device, cfg.seed, asdict(cfg))
@@ -432,32 +442,90 @@ class Runner:
         return self.store.ready("train", key) and all(
             self.store.ready("cams", self.cam_key(key, c)[0]) for c in self.cams)
 
-    def _run_fold(self, data: SliceSet, folds: list[list[str]], seed: int, fold: int,
-                  results: dict[str, MethodResult]) -> None:
-        cfg = self.config
-        label = self.label(seed, fold)
+    def _split(self, data: SliceSet, folds: list[list[str]], fold: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The training and validation slice indices of ``fold``."""
         val_mask = np.isin(data.case_ids, folds[fold])
-        train, val = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+        return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+
+    def _fold_cams(self, data: SliceSet, folds: list[list[str]], seed: int, fold: int
+                   ) -> dict[str, dict[str, str]]:
+        """Train and map every backbone of one fold; the CAM unit keys by CAM and backbone."""
         cam_keys: dict[str, dict[str, str]] = {c: {} for c in self.cams}
         for b_name in self.backbones:
             for c_name, key in self.train_and_map(data, folds, Job(seed, fold, b_name)).items():
                 cam_keys[c_name][b_name] = key
-        gt_train, gt_val = data.masks[train], data.masks[val]
-        ids_train, ids_val = data.case_ids[train], data.case_ids[val]
+        return cam_keys
+
+    def _eval_units(self) -> list[tuple[str, str, str | None, tuple[str, ...]]]:
+        """(CAM, filter, ensemble or None, backbones) of every evaluated method."""
+        return [(c, f, e, group) for c in self.cams for f in self.filters
+                for e in [None, *self.ensembles]
+                for group in ([(b,) for b in self.backbones] if e is None
+                              else [tuple(self.backbones)])]
+
+    def _stack(self, data: SliceSet, train: np.ndarray, unit, cam_keys: dict[str, dict[str, str]],
+               regions: dict[str, np.ndarray], loaded: dict[str, np.ndarray]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The unit's CAMs float32[M,N,H,W] and its filter's region bool[N,H,W] (a learned
+        filter fitted on ``train``), cached per fold in ``regions`` and ``loaded``."""
+        c_name, f_name, _, group = unit
+        if f_name not in regions:
+            regions[f_name] = _regions(self.filters[f_name], data, train)
+        stack = np.stack([self._cams(cam_keys[c_name][b], loaded) for b in group])
+        return stack, regions[f_name]
+
+    def _grid(self, data: SliceSet, train: np.ndarray, unit, stack: np.ndarray,
+              region: np.ndarray) -> calibration.GridResult:
+        """Every grid point scored on the fold's training slices."""
+        e_name = unit[2]
+        return calibration.grid_search(
+            stack[:, train], data.masks[train], ensemble=self.ensembles[e_name] if e_name else None,
+            thresholds=self.grid, metric=self.config.select_by, case_ids=data.case_ids[train],
+            region=region[train])
+
+    def _apply(self, data: SliceSet, val: np.ndarray, unit, stack: np.ndarray,
+               region: np.ndarray, thresholds: tuple[float, ...]) -> dict[str, Any]:
+        """The unit's thresholds applied to the validation slices, scored."""
+        e_name = unit[2]
+        pred = calibration.binarize(stack[:, val], thresholds,
+                                    self.ensembles[e_name] if e_name else None, region[val])
+        return {"thresholds": [float(t) for t in thresholds],
+                "metrics": score(pred, data.masks[val], data.case_ids[val])}
+
+    def _record(self, results: dict[str, MethodResult], unit, found: dict[str, Any]) -> None:
+        c_name, f_name, e_name, group = unit
+        ensemble = self.ensembles[e_name] if e_name else None
+        symbol = getattr(ensemble, "symbol", None) if ensemble else None
+        res = MethodResult(group, c_name, e_name, f_name, symbol)
+        res = results.setdefault(res.method, res)
+        res.thresholds.append(found["thresholds"])
+        res.folds.append(found["metrics"])
+
+    def _record_empty(self, results: dict[str, MethodResult], data: SliceSet,
+                      val: np.ndarray) -> MethodResult:
         empty = results.setdefault(EMPTY, MethodResult((), None, None, None))
         empty.thresholds.append(None)
-        empty.folds.append(score(np.zeros_like(gt_val), gt_val, ids_val))
-        units = [(c, f, e, group) for c in self.cams for f in self.filters
-                 for e in [None, *self.ensembles]
-                 for group in ([(b,) for b in self.backbones] if e is None
-                               else [tuple(self.backbones)])]
+        gt = data.masks[val]
+        empty.folds.append(score(np.zeros_like(gt), gt, data.case_ids[val]))
+        return empty
+
+    def _run_fold(self, data: SliceSet, folds: list[list[str]], seed: int, fold: int,
+                  results: dict[str, MethodResult]) -> None:
+        """Per-fold calibration: train and map the fold, then pick each method's thresholds on
+        its training slices and score them on its validation slices."""
+        label = self.label(seed, fold)
+        train, val = self._split(data, folds, fold)
+        cam_keys = self._fold_cams(data, folds, seed, fold)
+        empty = self._record_empty(results, data, val)
+        units = self._eval_units()
         t0 = time.perf_counter()
         regions: dict[str, np.ndarray] = {}
         loaded: dict[str, np.ndarray] = {}
         reused = 0
         with self.reporter.task(f"evaluate {label}", total=len(units)) as advance:
-            for c_name, f_name, e_name, group in units:
-                ensemble = self.ensembles[e_name] if e_name else None
+            for unit in units:
+                c_name, f_name, e_name, group = unit
                 keys = [cam_keys[c_name][b] for b in group]
                 key, description = self.evaluate_key(keys, e_name, f_name, folds[fold])
                 if self.store.ready("evaluate", key):
@@ -465,31 +533,78 @@ class Runner:
                     self.store.use("evaluate", key)
                     reused += 1
                 else:
-                    if f_name not in regions:
-                        regions[f_name] = _regions(self.filters[f_name], data, train)
-                    region = regions[f_name]
-                    stack = np.stack([self._cams(k, loaded) for k in keys])
-                    search = calibration.grid_search(
-                        stack[:, train], gt_train, ensemble=ensemble, thresholds=self.grid,
-                        metric=cfg.select_by, case_ids=ids_train, region=region[train])
-                    pred = calibration.binarize(stack[:, val], search.thresholds, ensemble,
-                                                region[val])
-                    found = {"thresholds": [float(t) for t in search.thresholds],
-                             "metrics": score(pred, gt_val, ids_val)}
+                    stack, region = self._stack(data, train, unit, cam_keys, regions, loaded)
+                    search = self._grid(data, train, unit, stack, region)
+                    found = self._apply(data, val, unit, stack, region, search.thresholds)
                     self.store.write("evaluate", key, description,
                                      lambda _folder, r=found: {"result": r})
-                symbol = getattr(ensemble, "symbol", None) if ensemble else None
-                res = MethodResult(group, c_name, e_name, f_name, symbol)
-                res = results.setdefault(res.method, res)
-                res.thresholds.append(found["thresholds"])
-                res.folds.append(found["metrics"])
+                self._record(results, unit, found)
                 advance(1)
+        self._summarize_evaluation(label, len(units), reused, t0, results, empty)
+
+    def _summarize_evaluation(self, label: str, n_units: int, reused: int, t0: float,
+                              results: dict[str, MethodResult], empty: MethodResult) -> None:
         best = max((r for r in results.values() if r.folds), key=lambda r: r.folds[-1]["paper_dsc"])
         self.reporter.summary(
-            f"[bold]evaluate[/] {label}: {len(units)} (cam, filter, ensemble) units "
+            f"[bold]evaluate[/] {label}: {n_units} (cam, filter, ensemble) units "
             f"({reused} reused) in {time.perf_counter() - t0:.1f} s; best on validation: "
             f"{best.method} paper_dsc {best.folds[-1]['paper_dsc']:.4f} (Empty "
             f"{empty.folds[-1]['paper_dsc']:.4f})")
+
+    def _run_across_folds(self, data: SliceSet, folds: list[list[str]], seed: int,
+                          results: dict[str, MethodResult]) -> None:
+        """Across-folds calibration (the paper's Fig. 6): train and map every fold, score each
+        method's threshold grid on every fold's training slices, pick the one tuple with the
+        best mean over the folds, and score it on every fold's validation slices."""
+        n = len(folds)
+        splits = [self._split(data, folds, k) for k in range(n)]
+        cam_keys = [self._fold_cams(data, folds, seed, k) for k in range(n)]
+        units = self._eval_units()
+        t0 = time.perf_counter()
+        keys: dict[Any, list[tuple[str, dict[str, Any]]]] = {}
+        found: dict[Any, list[dict[str, Any]]] = {}
+        for unit in units:
+            c_name, f_name, e_name, group = unit
+            per_fold = [[cam_keys[k][c_name][b] for b in group] for k in range(n)]
+            keys[unit] = [self.evaluate_key(per_fold[k], e_name, f_name, folds[k],
+                                            across=(per_fold, folds)) for k in range(n)]
+            if all(self.store.ready("evaluate", key) for key, _ in keys[unit]):
+                for key, _ in keys[unit]:
+                    self.store.use("evaluate", key)
+                found[unit] = [self.store.info("evaluate", key)["result"]
+                               for key, _ in keys[unit]]
+        todo = [u for u in units if u not in found]
+        label = f"all {n} folds" + ("" if len(self.seeds) == 1 else f" seed {seed}")
+        if todo:
+            grids: dict[Any, list[np.ndarray]] = {u: [] for u in todo}
+            with self.reporter.task(f"calibrate {label}", total=2 * n * len(todo)) as advance:
+                for k, (train, _) in enumerate(splits):  # pass 1: every fold's training grid
+                    regions: dict[str, np.ndarray] = {}
+                    loaded: dict[str, np.ndarray] = {}
+                    for unit in todo:
+                        stack, region = self._stack(data, train, unit, cam_keys[k], regions,
+                                                    loaded)
+                        grids[unit].append(self._grid(data, train, unit, stack, region).scores)
+                        advance(1)
+                chosen = {u: calibration.choose_across_folds(grids[u], self.grid).thresholds
+                          for u in todo}
+                for k, (train, val) in enumerate(splits):  # pass 2: score the chosen tuple
+                    regions, loaded = {}, {}
+                    for unit in todo:
+                        stack, region = self._stack(data, train, unit, cam_keys[k], regions,
+                                                    loaded)
+                        result = self._apply(data, val, unit, stack, region, chosen[unit])
+                        key, description = keys[unit][k]
+                        self.store.write("evaluate", key, description,
+                                         lambda _folder, r=result: {"result": r})
+                        found.setdefault(unit, []).append(result)
+                        advance(1)
+        for k, (_, val) in enumerate(splits):
+            empty = self._record_empty(results, data, val)
+            for unit in units:
+                self._record(results, unit, found[unit][k])
+            self._summarize_evaluation(f"{self.label(seed, k)} (across folds)", len(units),
+                                       len(units) - len(todo), t0, results, empty)
 
     def _cams(self, key: str, loaded: dict[str, np.ndarray]) -> np.ndarray:
         """The CAMs of a unit as float32 (exact conversion of the stored float16)."""
@@ -517,7 +632,7 @@ class Runner:
             "settings": self.plugin_settings()[job.backbone],
             "in_chans": int(data.images.shape[1]),
             "output_stride": self.config.output_stride,
-            "training": {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr},
+            "training": self.training_settings(),
             "seed": self.unit_seed(job),
             "weights": weights.key_of(self.weights_for(job.backbone)),
             "amp": self.amp,
@@ -525,6 +640,15 @@ class Runner:
             "predict_batch": cfg.cam_batch_size,
         }
         return digest(["train", description]), description
+
+    def training_settings(self) -> dict[str, Any]:
+        """The training settings of a train unit's key. Precise-BN is named only when off, so
+        the keys of units made before the switch existed (always on) stay valid."""
+        cfg = self.config
+        out: dict[str, Any] = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr}
+        if cfg.precise_bn == "off":
+            out["precise_bn"] = False
+        return out
 
     def cam_key(self, train_key: str, c_name: str) -> tuple[str, dict[str, Any]]:
         cfg = self.config
@@ -535,7 +659,12 @@ class Runner:
         return digest(["cams", description]), description
 
     def evaluate_key(self, cam_keys: list[str], e_name: str | None, f_name: str,
-                     val_cases: list[str]) -> tuple[str, dict[str, Any]]:
+                     val_cases: list[str],
+                     across: tuple[list[list[str]], list[list[str]]] | None = None
+                     ) -> tuple[str, dict[str, Any]]:
+        """The key of one fold's evaluate unit. ``across`` (every fold's CAM unit keys and the
+        folds) marks across-folds calibration, whose thresholds depend on every fold; a
+        per-fold unit's description is as it was before that option existed."""
         settings = self.plugin_settings()
         description = {"cams": cam_keys, "ensemble": e_name,
                        "ensemble_settings": settings.get(e_name) if e_name else None,
@@ -543,6 +672,10 @@ class Runner:
                        "plugins": [self.versions.get(e_name), self.versions.get(f_name)],
                        "validation": sorted(val_cases), "step": self.config.threshold_step,
                        "select_by": self.config.select_by}
+        if across is not None:
+            all_cams, folds = across
+            description["calibrate"] = {"mode": "across-folds", "cams": all_cams,
+                                        "folds": [sorted(f) for f in folds]}
         return digest(["evaluate", description]), description
 
     def unit_seed(self, job: Job) -> int:
@@ -576,7 +709,7 @@ class Runner:
             t0 = time.perf_counter()
             with self.reporter.task(f"{c_name} {label}", total=len(data)) as advance:
                 target_layer = self.backbones[job.backbone].target_layer(model)
-                maps = compute_cams(cam, model, target_layer, data.images,
+                maps = compute_cams(cam, model, target_layer, data.cam_input,
                                     self.config.cam_batch_size, self.device, advance,
                                     self.config.cam_target,
                                     predicted == 1 if self.config.gate else None,
@@ -597,7 +730,8 @@ class Runner:
         torch.manual_seed(seed)
         model = self._build(self.backbones[job.backbone], data)
         tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
-                           amp=self.amp, channels_last=self.channels_last)
+                           amp=self.amp, channels_last=self.channels_last,
+                           precise_bn=cfg.precise_bn == "on")
         steps = cfg.epochs * -(-len(train) // cfg.batch_size)
         t0 = time.perf_counter()
         with self.reporter.task(f"train {label}", total=steps) as advance:
@@ -710,6 +844,12 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
         row["run"]["command"] = command
     header = {"split": folds, "split_seed": None if config.folds_file else config.seed,
               "split_file": config.folds_file, "command": command}
+    if config.preset:  # what still differs from the paper, and what this run changed
+        from wsss_bench import deviations, presets
+
+        header["deviations"] = [dataclasses.asdict(d)
+                                for d in deviations.for_run(config.dataset)]
+        header["preset_overrides"] = presets.overrides(config)
     return leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header,
                               name=config.leaderboard_name)
 

@@ -358,7 +358,7 @@ def test_cam_contract_holds_for_third_party_cams_installed_at_test_time(use_dist
 
 
 def check_cam_contract(method) -> None:
-    """The CAM contract of DESIGN.md, on a small CNN."""
+    """The CAM contract of CONTRIBUTING.md (the contracts table), on a small CNN."""
     assert isinstance(method, Cam)
     model = small_cnn()
     before = copy.deepcopy(model.state_dict())

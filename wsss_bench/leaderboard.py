@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from wsss_bench import atomic, reported
+from wsss_bench import atomic, deviations, reported
 from wsss_bench.errors import UsageError
 from wsss_bench.metrics import METRIC_NAMES
 
@@ -58,7 +58,12 @@ def merge(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
 def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
            header: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     """Merge ``new_rows`` (and the paper's reported rows for the dataset) into the stored
-    leaderboard ``<name or dataset>.json`` under a lock, and rewrite JSON and markdown."""
+    leaderboard ``<name or dataset>.json`` under a lock, and rewrite JSON and markdown.
+
+    A header field that is absent or None keeps the stored value (``command``, ``deviations``,
+    ...); a new ``split`` replaces seed and file together; ``preset_overrides`` describe the
+    command, so a header that brings a new ``command`` replaces them too (dropping them when it
+    has none: a run without a preset overrides nothing)."""
     name = name or dataset
     json_path, md_path = paths(leaderboard_dir, name)
     with atomic.locked(json_path.with_name(f".{name}.lock")):
@@ -68,6 +73,8 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
         fresh = {k: v for k, v in header.items() if v is not None}
         if "split" in header:  # a new split replaces seed and file together
             fresh.update({k: header.get(k) for k in ("split", "split_seed", "split_file")})
+        if fresh.get("command") is not None:  # the overrides belong to the command
+            kept.pop("preset_overrides", None)
         board = {"dataset": dataset, "name": name, **kept, **fresh, "rows": rows}
         atomic.write_text(json_path, json.dumps(board, indent=2) + "\n")
         atomic.write_text(md_path, render_markdown(board))
@@ -93,6 +100,8 @@ def _cells(row: dict, markdown: bool = False) -> list[str]:
     source = row.get("source", "measured")
     if is_reported(row):
         source = f"reported, {row.get('reference', 'paper').rsplit(', ', 1)[-1]}"
+    if row.get("note") and markdown:  # e.g. a reported DSC that does not follow from its mIoU
+        source = f"{source}; note: {row['note']}"
     return [method, *(fmt(row["metrics"].get(m)) for m in METRIC_NAMES), source]
 
 
@@ -156,6 +165,12 @@ def render_markdown(board: dict[str, Any]) -> str:
         lines.append("- *Italic* rows (`paper: …`, source `reported`) are the numbers the paper "
                      "reports on the full dataset, copied, not measured here: only `paper_dsc` "
                      "and `paper_miou` (its DSC and mIoU columns), no std.")
+    if board.get("deviations"):
+        lines.append("- Where this run differs from the paper and the authors' code: "
+                     "\"Deviations from the paper\", below the table.")
+    if board.get("preset_overrides"):
+        lines += ["", "This run overrides the preset:", ""]
+        lines += [f"- {item}" for item in board["preset_overrides"]]
     lines += ["", "Metrics:", ""]
     lines += [f"- `{name}`: {note}" for name, note in METRIC_NOTES.items()]
     lines += ["", "| # | " + " | ".join(COLUMNS) + " |",
@@ -176,6 +191,9 @@ def render_markdown(board: dict[str, Any]) -> str:
         runs.setdefault(key, []).append(rank)
     for key, ranks in runs.items():
         lines.append(f"- rows {', '.join(map(str, ranks))}: {key}")
+    if board.get("deviations"):
+        lines += ["", "Deviations from the paper (those that concern this dataset; the README "
+                  "lists all):", "", deviations.render_markdown(board["deviations"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

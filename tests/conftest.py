@@ -1,15 +1,60 @@
-"""Shared fixtures: where the real data lives."""
+"""Shared fixtures: where the real data lives.
+
+Two kinds of real data:
+
+* the small fixture committed in ``tests/data`` (one cropped BraTS case, one MSD prostate label;
+  see tests/data/README.md): always there, used by ``brats_fixture`` and
+  ``prostate_label_fixture``;
+* the larger real sample (six BraTS cases, the 32 MSD Task05 labels), not in the repository:
+  the folder named by ``WSSS_BENCH_TEST_DATA`` (holding ``brats-sample/`` and
+  ``msd-prostate-labels/Task05_Prostate/labelsTr/``), by default ``<repo>/../shared/data`` when
+  that exists. The fixtures ``brats_sample`` and ``prostate_labels`` skip the tests that need it
+  when it is absent, or fail them when ``WSSS_BENCH_REQUIRE_DATA=1`` (CI sets it, so CI never
+  skips them silently).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-BRATS_SAMPLE = SHARED_DATA / "brats-sample"
-PROSTATE_LABELS = SHARED_DATA / "msd-prostate-labels" / "Task05_Prostate" / "labelsTr"
+DATA_ENV = "WSSS_BENCH_TEST_DATA"
+REQUIRE_ENV = "WSSS_BENCH_REQUIRE_DATA"
+DEFAULT_TEST_DATA = ROOT.parent / "shared" / "data"
+FIXTURE_DATA = ROOT / "tests" / "data"
+
+
+def real_data_root() -> Path | None:
+    """``$WSSS_BENCH_TEST_DATA`` (absolute, symlinks kept), else ``../shared/data`` if it
+    exists, else None."""
+    value = os.environ.get(DATA_ENV, "").strip()
+    if value:
+        return Path(os.path.abspath(os.path.expanduser(value)))
+    return DEFAULT_TEST_DATA if DEFAULT_TEST_DATA.is_dir() else None
+
+
+def data_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def real_data(relative: str) -> Path:
+    """The folder ``relative`` of the real data sample; skips the calling test when it is
+    absent (fails it under ``WSSS_BENCH_REQUIRE_DATA=1``). Call it from a fixture or a test,
+    never at import time."""
+    root = real_data_root()
+    path = root / relative if root is not None else None
+    if path is not None and path.is_dir():
+        return path
+    reason = (f"real data sample not found: set {DATA_ENV} to the folder holding brats-sample/ "
+              f"and msd-prostate-labels/")
+    looked = (f"looked in {path}" if path is not None
+              else f"{DATA_ENV} is unset and there is no {DEFAULT_TEST_DATA}")
+    if data_required():
+        pytest.fail(f"{reason} ({REQUIRE_ENV} is set; {looked})", pytrace=False)
+    pytest.skip(f"{reason} ({looked})")
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +70,30 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def brats_sample() -> Path:
-    if not BRATS_SAMPLE.is_dir():
-        pytest.fail(f"real data missing: {BRATS_SAMPLE} (../shared/data must sit beside the repo)")
-    return BRATS_SAMPLE
+    """The six real BraTS cases (``<WSSS_BENCH_TEST_DATA>/brats-sample``)."""
+    return real_data("brats-sample")
+
+
+@pytest.fixture(scope="session")
+def prostate_labels() -> Path:
+    """The folder of the 32 real MSD Task05 label files."""
+    return real_data("msd-prostate-labels/Task05_Prostate/labelsTr")
+
+
+@pytest.fixture(scope="session")
+def brats_fixture() -> Path:
+    """The committed BraTS fixture: a folder of one cropped real case (tests/data/README.md)."""
+    path = FIXTURE_DATA / "brats"
+    assert (path / "BraTS15_pat0001").is_dir(), f"{path}: the committed fixture is missing"
+    return path
+
+
+@pytest.fixture(scope="session")
+def prostate_label_fixture() -> Path:
+    """The committed real MSD Task05 label file (tests/data/msd-prostate/labelsTr)."""
+    files = sorted((FIXTURE_DATA / "msd-prostate" / "labelsTr").glob("prostate_*.nii.gz"))
+    assert len(files) == 1, f"{FIXTURE_DATA}: expected one committed prostate label, got {files}"
+    return files[0]
 
 
 PLUGIN_DISTS = ROOT / "tests" / "plugin_dists"

@@ -133,9 +133,9 @@ def test_image_without_label_and_label_without_image(tmp_path, capsys, msd):
     check_refused(tmp_path, capsys, "decathlon", msd.parent, str(msd / LABEL), "has no image")
 
 
-def test_brats_case_without_seg(tmp_path, capsys, brats_sample):
+def test_brats_case_without_seg(tmp_path, capsys, brats_fixture):
     case = tmp_path / "data" / "BraTS15_pat0001"
     case.mkdir(parents=True)
-    (case / "BraTS15_pat0001_flair.nii.gz").symlink_to(
-        brats_sample / "BraTS15_pat0001" / "BraTS15_pat0001_flair.nii.gz")
+    (case / "BraTS15_pat0001_flair.nii.gz").symlink_to(  # the committed real case: every clone
+        brats_fixture / "BraTS15_pat0001" / "BraTS15_pat0001_flair.nii.gz")
     check_refused(tmp_path, capsys, "brats", tmp_path / "data", str(case), "has no label file")

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import PROSTATE_LABELS
 from tests.mri_files import build_decathlon, write_nifti
 from wsss_bench.volumes import DataError, MissingData
 from wsss_bench_plugins.msd import Decathlon, MsdBrain
@@ -19,10 +18,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def label_files():
-    files = sorted(PROSTATE_LABELS.glob("prostate_*.nii.gz"))
+def label_files(prostate_labels):
+    files = sorted(prostate_labels.glob("prostate_*.nii.gz"))
     if len(files) != 32:
-        pytest.fail(f"real data missing: expected 32 label files in {PROSTATE_LABELS}")
+        pytest.fail(f"real data incomplete: expected 32 label files in {prostate_labels}")
     return files
 
 

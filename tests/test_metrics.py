@@ -11,8 +11,6 @@ import pytest
 from wsss_bench import metrics
 from wsss_bench.metrics import METRIC_NAMES, metric_values, metrics_from_counts, score, slice_counts
 
-BRATS_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "brats-sample"
-
 
 def b(rows: list) -> np.ndarray:
     return np.array(rows, dtype=bool)
@@ -204,11 +202,9 @@ def test_torch_input() -> None:
     assert score(torch.from_numpy(PRED3), torch.from_numpy(GT3), ["a", "b", "b"]) == want
 
 
-def _load_brats_whole_tumour() -> tuple[np.ndarray, np.ndarray]:
+def _load_brats_whole_tumour(brats_sample: Path) -> tuple[np.ndarray, np.ndarray]:
     nib = pytest.importorskip("nibabel")
-    if not BRATS_SAMPLE.is_dir():
-        pytest.fail(f"real data missing: {BRATS_SAMPLE}")
-    cases = sorted(p for p in BRATS_SAMPLE.iterdir() if p.is_dir())
+    cases = sorted(p for p in brats_sample.iterdir() if p.is_dir())
     assert len(cases) == 6
     masks, ids = [], []
     for case in cases:
@@ -220,8 +216,8 @@ def _load_brats_whole_tumour() -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(masks), np.array(ids)
 
 
-def test_real_brats_empty_prediction_paper_dsc() -> None:
-    gt, ids = _load_brats_whole_tumour()
+def test_real_brats_empty_prediction_paper_dsc(brats_sample: Path) -> None:
+    gt, ids = _load_brats_whole_tumour(brats_sample)
     g = np.count_nonzero(gt) / gt.size
     assert 0.005 < g < 0.03
     got = score(np.zeros_like(gt), gt, ids)

@@ -27,7 +27,6 @@ import pytest
 
 from tests.benchmarks.report import report_targets
 from tests.benchmarks.test_calibration_speed import _cpu
-from tests.conftest import BRATS_SAMPLE
 from wsss_bench import slice_cache
 from wsss_bench_plugins.brats import Brats
 
@@ -38,34 +37,35 @@ MEDIANS: dict[str, float] = {}
 VARIANTS = ("nibabel", "workers=1", "workers=2")
 
 
-def volumes() -> list[Path]:
-    return [p for s in Brats().sources(BRATS_SAMPLE) for p in s.files.values()]
+def volumes(root: Path) -> list[Path]:
+    return [p for s in Brats().sources(root) for p in s.files.values()]
 
 
-def _prepare(workers: int) -> int:
+def _prepare(root: Path, workers: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        return len(slice_cache.prepare(Brats(), BRATS_SAMPLE, Path(tmp), workers=workers))
+        return len(slice_cache.prepare(Brats(), root, Path(tmp), workers=workers))
 
 
-def _nibabel() -> int:
-    return sum(nib.load(str(p)).get_fdata().shape[2] for p in volumes())
+def _nibabel(root: Path) -> int:
+    return sum(nib.load(str(p)).get_fdata().shape[2] for p in volumes(root))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_prepare(benchmark, variant: str) -> None:
+def test_prepare(benchmark, variant: str, brats_sample: Path) -> None:
     benchmark.group = GROUP
-    fn = _nibabel if variant == "nibabel" else (lambda: _prepare(int(variant[-1])))
+    fn = ((lambda: _nibabel(brats_sample)) if variant == "nibabel"
+          else (lambda: _prepare(brats_sample, int(variant[-1]))))
     result = benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     assert result == (155 * 12 if variant == "nibabel" else 6 * 128)
     if benchmark.stats is not None:
         MEDIANS[variant] = float(benchmark.stats.stats.median)
 
 
-def test_speed_targets() -> None:
+def test_speed_targets(brats_sample: Path) -> None:
     """Runs last (file order): the table and the target from this run's medians."""
     if not set(VARIANTS) <= MEDIANS.keys():
         pytest.skip("benchmarks disabled or deselected")
-    n_volumes = len(volumes())
+    n_volumes = len(volumes(brats_sample))
     lines = [f"Preprocessing brats-sample (6 cases, {n_volumes} NIfTI volumes 240×240×155 → 768 "
              f"slices 128×128 in the cache), {_cpu()}, {os.cpu_count()} CPUs (medians of "
              f"{ROUNDS})", "",

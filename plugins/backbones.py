@@ -128,6 +128,9 @@ class TimmBackbone:
     # with --pretrained: timm's weight tag (e.g. tv_in1k: torchvision's ImageNet weights);
     # "" = timm's default tag for the model
     pretrained_tag: str = ""
+    # option values left out of unit keys while they hold them: an option added later stays
+    # out of the keys at its neutral default, so stores made before it existed stay valid
+    key_neutral: ClassVar[dict[str, Any]] = {"pretrained_tag": ""}
 
     def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path = False,
               output_stride: int = 32) -> nn.Module:

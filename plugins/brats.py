@@ -46,6 +46,7 @@ LABELS = (0, 1, 2, 3, 4)
 RELEASE = "MICCAI_BraTS2020_TrainingData"
 WHERE = "https://www.med.upenn.edu/cbica/brats2020/registration.html"
 DEFAULT_CROP = "56:184,56:184,13:141"
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def parse_modalities(text: str, owner: str, one: bool = False) -> tuple[str, ...]:
@@ -68,9 +69,10 @@ def check_brain_options(dataset: Any) -> None:
     if not 0 <= dataset.cam_binarize <= 1:
         raise ValueError(f"{owner}: cam_binarize must be in [0, 1] (0 = no CAM view: CAMs see "
                          f"the training input), got {dataset.cam_binarize}")
-    if not (np.isfinite(dataset.cam_value) and dataset.cam_value > 0):
-        raise ValueError(f"{owner}: cam_value must be a positive number (the authors' 255, or "
-                         f"1 for the training input's range), got {dataset.cam_value}")
+    if not (np.isfinite(dataset.cam_value) and 0 < dataset.cam_value <= FLOAT16_MAX):
+        raise ValueError(f"{owner}: cam_value must be a positive number up to {FLOAT16_MAX:g} "
+                         f"(the slice cache stores float16; the authors' 255, or 1 for the "
+                         f"training input's range), got {dataset.cam_value}")
     parse_modalities(dataset.cam_modality, owner, one=True)
 
 
@@ -169,16 +171,17 @@ class Brats(FileDatasetBase):
         return out
 
     def _missing(self, folder: Path, files: dict[str, Path], modality: str) -> str:
-        """The message for a missing modality file, with the override that would work."""
+        """The message for a missing modality file, with the override(s) that would work."""
         have = [m for m in MODALITIES if f"{folder.name}_{m}" in files]
-        wanted = parse_modalities(self.modalities, self.name)
-        if modality not in wanted:  # the CAM view's modality
-            fix = (f"pass -o {self.name}.cam_modality={have[0]} or -o {self.name}."
-                   f"cam_binarize=0" if have else "restore it")
-        else:
-            keep = [m for m in wanted if m in have] or have
-            fix = (f"pass -o {self.name}.modalities={','.join(keep)}" if keep
-                   else "restore the files")
+        fixes = []
+        keep = [m for m in parse_modalities(self.modalities, self.name) if m in have] or have
+        if modality in parse_modalities(self.modalities, self.name) and keep:
+            fixes.append(f"-o {self.name}.modalities={','.join(keep)}")
+        cam = self.cam_modality.strip().lower()
+        if self.cam_binarize > 0 and cam not in have:  # the CAM view's modality is missing too
+            fixes.append(f"-o {self.name}.cam_modality={keep[0]}" if keep
+                         else f"-o {self.name}.cam_binarize=0")
+        fix = f"pass {' '.join(fixes)}" if fixes else "restore the files"
         return (f"{folder}: case {folder.name} has no {modality} file ({folder.name}_{modality}"
                 f".nii.gz; it has {', '.join(have) or 'no modality'}): {fix}")
 

@@ -21,13 +21,18 @@ def raw(root: Path, case: str, kind: str) -> np.ndarray:
     return np.asarray(nib.load(str(root / case / f"{case}_{kind}.nii.gz")).dataobj)
 
 
-def reference_slices(volume: np.ndarray) -> np.ndarray:
-    """Per-slice min–max in float64 on the full 240×240 slice, then the default crop."""
+def minmax_reference(volume: np.ndarray) -> np.ndarray:
+    """float64[Z,X,Y]: each axial slice (fixed z) of an X×Y×Z volume min–max normalised."""
     v = volume.astype(np.float64)
     low = v.min(axis=(0, 1), keepdims=True)
     span = v.max(axis=(0, 1), keepdims=True) - low
     norm = np.where(span > 0, (v - low) / np.where(span > 0, span, 1), 0.0)
-    return norm[56:184, 56:184, 13:141].transpose(2, 0, 1)
+    return norm.transpose(2, 0, 1)
+
+
+def reference_slices(volume: np.ndarray) -> np.ndarray:
+    """Per-slice min–max in float64 on the full 240×240 slice, then the default crop."""
+    return minmax_reference(volume)[13:141, 56:184, 56:184]
 
 
 @pytest.fixture(scope="module")

@@ -119,7 +119,9 @@ def test_across_folds_run_uses_one_tuple_per_row_with_its_own_units(tmp_path):
                      str(tmp_path / "b")]) == 0
     assert {p.name: (p / "unit.json").stat().st_mtime_ns for p in evaluate.iterdir()
             if (p / "unit.json").exists()} == made
-    assert json.loads((tmp_path / "b" / "phantom.json").read_text())["rows"] == board["rows"]
+    again = json.loads((tmp_path / "b" / "phantom.json").read_text())["rows"]
+    assert [(r["method"], r["thresholds"], r["metrics"]) for r in again] == [
+        (r["method"], r["thresholds"], r["metrics"]) for r in board["rows"]]
 
 
 def check_against_stored_cams(workdir, row):
@@ -138,17 +140,26 @@ def check_against_stored_cams(workdir, row):
     folds = json.loads((workdir / "phantom" / "folds.json").read_text())["folds"]
     grid = runner.grid
     ens = ENSEMBLES["and"]
-    fold_data = []
+    fold_data, val_data = [], []
     for k in range(len(folds)):
-        train, _ = runner._split(data, folds, k)
+        train, val = runner._split(data, folds, k)
         keys = runner._fold_cams(data, folds, config.seed, k)["gradcam"]
         cams = np.stack([np.load(workdir / "units" / "cams" / keys[b] / "cams.npy")
                          .astype(np.float64) for b in row["backbones"]])
         fold_data.append((cams[:, train], data.masks[train], data.case_ids[train]))
+        val_data.append((cams[:, val], data.masks[val], data.case_ids[val]))
+
+    def predict(c, t):
+        return ens.combine(np.stack([c[j] > t[j] for j in range(2)]))
+
     best, best_t = -np.inf, None
     for t in itertools.product(grid, repeat=2):
-        mean = np.mean([score(ens.combine(np.stack([c[j] > t[j] for j in range(2)])), g,
-                              ids)["paper_miou"] for c, g, ids in fold_data])
+        mean = np.mean([score(predict(c, t), g, ids)["paper_miou"] for c, g, ids in fold_data])
         if mean > best + 1e-12:
             best, best_t = mean, list(t)
     assert row["thresholds"][0] == best_t
+    # the tuple scored on each fold's validation slices, in fold order
+    for k, (c, g, ids) in enumerate(val_data):
+        want = score(predict(c, best_t), g, ids)
+        for metric, value in want.items():
+            assert row["metrics"][metric]["folds"][k] == pytest.approx(value, abs=1e-12)

@@ -142,11 +142,12 @@ def test_slice_cache_stores_both_views(brats_fixture, tmp_path):
 def test_the_runner_gives_cams_the_cam_view_and_filters_and_training_the_training_view(
         monkeypatch, tmp_path):
     """A phantom run whose slices carry a recognisable CAM view (the training images
-    negated): every CAM call gets the CAM view, training and filters get the images."""
+    negated): every CAM call gets the CAM view; training, the prediction (the gate) and the
+    filter itself get the training images."""
     from wsss_bench import runner as runner_module
     from wsss_bench.runner import RunConfig, Runner
 
-    seen: dict[str, list[np.ndarray]] = {"cams": [], "train": [], "filter": []}
+    seen: dict[str, list[np.ndarray]] = {"cams": [], "train": [], "filter": [], "predict": []}
     real_load = Runner.load_data
 
     def load_data(self):
@@ -156,7 +157,9 @@ def test_the_runner_gives_cams_the_cam_view_and_filters_and_training_the_trainin
                         cam_images=-images)
 
     real_cams, real_train = runner_module.compute_cams, runner_module.train_classifier
-    real_regions = runner_module._regions
+    real_predict = runner_module.predict
+    center_box = type(load_registry().filters["center-box"])
+    real_region = center_box.region
 
     def compute_cams(cam, model, layer, images, *args, **kwargs):
         seen["cams"].append(np.asarray(images))
@@ -166,20 +169,100 @@ def test_the_runner_gives_cams_the_cam_view_and_filters_and_training_the_trainin
         seen["train"].append(np.asarray(images))
         return real_train(model, images, *args, **kwargs)
 
-    def regions(filt, data, train):
-        seen["filter"].append(np.asarray(data.images))
-        return real_regions(filt, data, train)
+    def region(self, images):
+        seen["filter"].append(np.asarray(images))
+        return real_region(self, images)
+
+    def predict(model, images, *args, **kwargs):
+        seen["predict"].append(np.asarray(images))
+        return real_predict(model, images, *args, **kwargs)
 
     monkeypatch.setattr(Runner, "load_data", load_data)
     monkeypatch.setattr(runner_module, "compute_cams", compute_cams)
     monkeypatch.setattr(runner_module, "train_classifier", train_classifier)
-    monkeypatch.setattr(runner_module, "_regions", regions)
+    monkeypatch.setattr(center_box, "region", region)
+    monkeypatch.setattr(runner_module, "predict", predict)
     config = RunConfig(backbones=("resnet18",), ensembles=(), epochs=1, folds=2,
                        filters=("center-box",), workdir=str(tmp_path / "w"), device="cpu",
                        options={"phantom": {"n_cases": "4", "n_slices": "4", "size": "32"}})
     Runner(config, load_registry()).run()
-    assert len(seen["cams"]) == 2 and len(seen["train"]) == 2 and len(seen["filter"]) == 2
+    assert len(seen["cams"]) == 2 and len(seen["train"]) == 2 and len(seen["predict"]) == 2
+    assert seen["filter"]  # the filter's own region() calls, one per chunk and fold
     for images in seen["cams"]:
         assert images.max() <= 0 < -images.min()  # the negated view
-    for images in seen["train"] + seen["filter"]:
+    for images in seen["train"] + seen["filter"] + seen["predict"]:
         assert images.min() >= 0 and images.max() > 0  # the training view
+
+
+def test_predicted_class_is_decided_on_the_cam_view():
+    """`--cam-target predicted` explains the class predicted for the CAM input (the authors'
+    GradCam(index=None) runs on the binarised image): a model that predicts class 1 only for
+    negative inputs gets the class-1 map from the negated view and the class-0 map from the
+    images."""
+    import torch
+    from torch import nn
+
+    from wsss_bench.runner import compute_cams
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    class SignNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            a = self.act(self.conv(x))
+            sign = (x.mean(dim=(1, 2, 3)) < 0).float()  # 1 for negative inputs
+            return torch.stack([a.mean(dim=(1, 2, 3)) * (1 - sign),
+                                a.mean(dim=(1, 2, 3)) * sign], dim=1) + torch.stack(
+                                    [1 - sign, sign], dim=1)
+
+    model = SignNet().eval()
+    cam = load_registry().cams["gradcam"]
+    images = np.random.default_rng(0).uniform(0.1, 1, size=(3, 1, 8, 8)).astype(np.float32)
+    cpu = torch.device("cpu")
+    on_view = compute_cams(cam, model, model.act, -images, 4, cpu, lambda n: None, "predicted")
+    want_1 = cam.cam(model, model.act, torch.from_numpy(-images), torch.ones(3, dtype=torch.long))
+    np.testing.assert_allclose(on_view, want_1.numpy(), atol=1e-6)
+    on_images = compute_cams(cam, model, model.act, images, 4, cpu, lambda n: None, "predicted")
+    want_0 = cam.cam(model, model.act, torch.from_numpy(images), torch.zeros(3, dtype=torch.long))
+    np.testing.assert_allclose(on_images, want_0.numpy(), atol=1e-6)
+
+
+def test_msd_brain_cam_view_takes_the_flair_channel(tmp_path):
+    """msd-brain: FLAIR is channel 0 of the 4-D image; the CAM view binarises it even when the
+    training input does not use it."""
+    from tests.mri_files import write_nifti
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(12, 10, 3, 4)).astype(np.float32)
+    image[..., 0] *= 5  # FLAIR differs from the other channels
+    label = np.zeros((12, 10, 3), dtype=np.uint8)
+    label[3:6, 3:6, 1] = 2
+    task = tmp_path / "Task01_BrainTumour"
+    write_nifti(task / "imagesTr" / "BRATS_001.nii.gz", image)
+    write_nifti(task / "labelsTr" / "BRATS_001.nii.gz", label)
+    ds = MsdBrain(modalities="t1ce", crop="none", cam_binarize=0.8, cam_value=255.0)
+    case = ds.load(ds.sources(tmp_path)[0])
+    assert case.images.shape == (3, 1, 12, 10)
+    flair = image[..., 0].astype(np.float64)
+    lo = flair.min(axis=(0, 1), keepdims=True)
+    norm = (flair - lo) / (flair.max(axis=(0, 1), keepdims=True) - lo)
+    want = np.where(norm >= 0.8, 255.0, 0.0).astype(np.float32).transpose(2, 0, 1)[:, None]
+    np.testing.assert_array_equal(case.cam_images, want)
+    t1ce = image[..., 2]
+    t1ce_norm = (t1ce - t1ce.min(axis=(0, 1))) / np.ptp(t1ce, axis=(0, 1))
+    np.testing.assert_allclose(case.images[:, 0], t1ce_norm.transpose(2, 0, 1), atol=1e-6)
+
+
+def test_resized_binary_view_stays_binary(brats_fixture):
+    from wsss_bench.slices import resize_case
+
+    ds = Brats(modalities="flair,t1ce", crop=FIXTURE_CROP, cam_binarize=0.8)
+    case = resize_case(ds.load(ds.sources(brats_fixture)[0]), 40)
+    assert case.cam_images.shape == (12, 2, 40, 40)
+    assert set(np.unique(case.cam_images)) == {0.0, 255.0}
+    assert len(np.unique(case.images)) > 100  # the training view is interpolated as before

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.mri_files import build_decathlon
+from tests.test_brats import minmax_reference
 from wsss_bench.volumes import DataError
 from wsss_bench_plugins.brats import Brats
 from wsss_bench_plugins.msd import Decathlon
@@ -32,15 +33,6 @@ TUMOUR_PIXELS = [0, 0, 0, 0, 0, 3, 5, 18, 143, 244, 300, 413]
 
 def raw(root: Path, kind: str) -> np.ndarray:
     return np.asarray(nib.load(str(root / CASE / f"{CASE}_{kind}.nii.gz")).dataobj)
-
-
-def minmax_reference(volume: np.ndarray) -> np.ndarray:
-    """float64[Z,X,Y]: each axial slice (fixed z) of an X×Y×Z volume min–max normalised."""
-    v = volume.astype(np.float64)
-    low = v.min(axis=(0, 1), keepdims=True)
-    span = v.max(axis=(0, 1), keepdims=True) - low
-    norm = np.where(span > 0, (v - low) / np.where(span > 0, span, 1), 0.0)
-    return norm.transpose(2, 0, 1)
 
 
 @pytest.fixture(scope="module")

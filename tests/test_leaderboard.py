@@ -191,12 +191,13 @@ def test_header_renders_deviations_and_preset_overrides(tmp_path):
     assert fewer["preset_overrides"] == [] and fewer["deviations"] == entries[:1]
     md = (tmp_path / "brats.md").read_text()
     assert "This run overrides the preset" not in md and md.count("\n- **") == 1
-    # ... and a new command without a preset drops the overrides, which described the old one
+    # ... and a new command without a preset drops both, which described the old one
     leaderboard.update(tmp_path, "brats", [], {**header, "preset_overrides": ["epochs 3 "
                                                                               "(preset: 10)"]})
     plain = leaderboard.update(tmp_path, "brats", [], {"command": "wsss-bench run --dataset "
                                                                   "brats"})
-    assert "preset_overrides" not in plain and plain["deviations"] == entries
+    assert "preset_overrides" not in plain and "deviations" not in plain
+    assert "Deviations from the paper" not in (tmp_path / "brats.md").read_text()
 
 
 def test_board_without_deviations_renders_as_before(tmp_path):

@@ -40,6 +40,8 @@ def test_brats_preset_is_the_authors_brats_pipeline():
     assert config.lr == 1e-3
     # the running BatchNorm averages of the last epoch (no recomputation)
     assert config.precise_bn == "off"
+    # float32 everywhere (no autocast), on a GPU too
+    assert config.amp == "off"
     # GradCam(..., index=None): the Grad-CAM of the predicted class, at layer4
     assert config.cams == ("gradcam",)
     assert config.cam_target == "predicted"
@@ -93,18 +95,32 @@ def test_preset_options_of_replaced_backbones_are_dropped():
                         "resnet18,resnet34"])
     assert "resnet50" not in config.options
     assert config.options["resnet34"] == {"pretrained_tag": "tv_in1k"}
-    assert presets.overrides(config) == ["backbones resnet18,resnet34 (preset: "
-                                         "resnet34,resnet50)"]
+    assert presets.overrides(config, REGISTRY) == ["backbones resnet18,resnet34 (preset: "
+                                                   "resnet34,resnet50)"]
 
 
 def test_overrides_list_what_a_preset_run_changed():
-    assert presets.overrides(config_of(["--preset", "paper", "--dataset", "brats"])) == []
-    assert presets.overrides(config_of([])) == []
-    config = config_of(["--preset", "paper", "--dataset", "brats", "--epochs", "2", "-o",
-                        "brats.modalities=flair,t1ce", "--precise-bn", "on"])
-    assert sorted(presets.overrides(config)) == [
+    def overrides(args: list[str]) -> list[str]:
+        return sorted(presets.overrides(config_of(args), REGISTRY))
+
+    assert overrides(["--preset", "paper", "--dataset", "brats"]) == []
+    assert overrides([]) == []
+    assert overrides(["--preset", "paper", "--dataset", "brats", "--epochs", "2", "-o",
+                      "brats.modalities=flair,t1ce", "--precise-bn", "on"]) == [
         "-o brats.modalities=flair,t1ce (preset: flair,t1ce,t2)", "epochs 2 (preset: 10)",
         "precise_bn on (preset: off)"]
+    # settings the preset leaves at their defaults count too, and plugin options are compared
+    # as the plugin parses them
+    assert overrides(["--preset", "paper", "--dataset", "brats", "--image-size", "64",
+                      "--lr", "0.1", "--seeds", "0,1", "--amp", "auto", "-o",
+                      "brats.cam_binarize=0.80", "-o", "brain-band.width=0.2", "-o",
+                      "resnet34.pretrained_tag=tv_in1k"]) == [
+        "-o brain-band.width=0.2 (preset: 0.1)",
+        "-o resnet34.pretrained_tag=tv_in1k (preset: )", "amp auto (preset: off)",
+        "image_size 64 (preset: None)", "lr 0.1 (preset: 0.001)", "seeds 0,1 (preset: )"]
+    # where and how fast a run goes is not an override
+    assert overrides(["--preset", "paper", "--dataset", "brats", "--workdir", "elsewhere",
+                      "--cam-batch-size", "8", "--workers", "1", "--device", "cpu"]) == []
 
 
 def test_precise_bn_and_calibrate_flags_default_as_before():

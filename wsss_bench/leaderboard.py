@@ -61,9 +61,9 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
     leaderboard ``<name or dataset>.json`` under a lock, and rewrite JSON and markdown.
 
     A header field that is absent or None keeps the stored value (``command``, ``deviations``,
-    ...); a new ``split`` replaces seed and file together; ``preset_overrides`` describe the
-    command, so a header that brings a new ``command`` replaces them too (dropping them when it
-    has none: a run without a preset overrides nothing)."""
+    ...); a new ``split`` replaces seed and file together; ``preset_overrides`` and
+    ``deviations`` describe the command's preset, so a header that brings a new ``command``
+    replaces them too (dropping them when it has none: a run without a preset)."""
     name = name or dataset
     json_path, md_path = paths(leaderboard_dir, name)
     with atomic.locked(json_path.with_name(f".{name}.lock")):
@@ -73,8 +73,9 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
         fresh = {k: v for k, v in header.items() if v is not None}
         if "split" in header:  # a new split replaces seed and file together
             fresh.update({k: header.get(k) for k in ("split", "split_seed", "split_file")})
-        if fresh.get("command") is not None:  # the overrides belong to the command
+        if fresh.get("command") is not None:  # overrides and deviations describe the command
             kept.pop("preset_overrides", None)
+            kept.pop("deviations", None)
         board = {"dataset": dataset, "name": name, **kept, **fresh, "rows": rows}
         atomic.write_text(json_path, json.dumps(board, indent=2) + "\n")
         atomic.write_text(md_path, render_markdown(board))

@@ -38,6 +38,7 @@ _COMMON: dict[str, Any] = {
     "gate": False,
     "precise_bn": "off",
     "calibrate": "across-folds",
+    "amp": "off",  # the authors' code runs in float32, on a GPU too
 }
 _BRAIN_OPTIONS = {"modalities": "flair,t1ce,t2", "crop": "56:184,56:184,13:141",
                   "cam_binarize": "0.8", "cam_value": "255", "cam_modality": "flair"}
@@ -117,24 +118,47 @@ def options_for_used(options: dict[str, dict[str, str]] | None, config: Any
     return {p: dict(v) for p, v in (options or {}).items() if p in used}
 
 
-def overrides(config: Any) -> list[str]:
+# RunConfig fields that decide where and how fast a run goes, or where it writes, not its
+# numbers (and the dataset, which picks the preset); every other field is compared by
+# `overrides`
+EXECUTION_FIELDS = frozenset({"dataset", "data_dir", "device", "workdir", "leaderboard_dir",
+                              "cam_batch_size", "workers", "force", "gpus", "devices",
+                              "leaderboard_name", "preset", "options"})
+
+
+def overrides(config: Any, registry: Any) -> list[str]:
     """Where a preset run's effective settings differ from its preset, one line each
-    (e.g. ``epochs 2 (preset: 10)``); [] for a run without a preset."""
+    (``epochs 2 (preset: 10)``, ``-o brats.modalities=flair,t1ce (preset: flair,t1ce,t2)``):
+    every setting that changes results, the preset's value or else the default, and every
+    option of every plugin the run uses, compared as the plugin parses it; [] without a
+    preset."""
+    from dataclasses import fields
+
+    from wsss_bench import options
+    from wsss_bench.registry import resolve
+
     if not config.preset:
         return []
     wanted = preset(config.preset, config.dataset)
     out = []
-    for key, value in wanted.items():
-        if key == "options":
+    for f in fields(config):
+        if f.name in EXECUTION_FIELDS:
             continue
-        have = getattr(config, key)
-        if have != value:
-            out.append(f"{key} {_show(have)} (preset: {_show(value)})")
-    for plugin, values in options_for_used(wanted.get("options"), config).items():
-        for key, value in values.items():
-            have = config.options.get(plugin, {}).get(key, value)
-            if have != value:
-                out.append(f"-o {plugin}.{key}={have} (preset: {value})")
+        want = wanted.get(f.name, f.default)
+        have = getattr(config, f.name)
+        if have != want:
+            out.append(f"{f.name} {_show(have)} (preset: {_show(want)})")
+    preset_options = wanted.get("options", {})
+    for kind, names in (("datasets", (config.dataset,)), ("backbones", config.backbones),
+                        ("cams", config.cams), ("ensembles", config.ensembles),
+                        ("filters", config.filters)):
+        for name, obj in zip(names, resolve(registry, kind, list(names)), strict=True):
+            want_obj = options.configure(obj, preset_options.get(name, {}))
+            have_obj = options.configure(obj, config.options.get(name, {}))
+            for key in options.option_fields(obj):
+                have, want = getattr(have_obj, key), getattr(want_obj, key)
+                if have != want:
+                    out.append(f"-o {name}.{key}={_show(have)} (preset: {_show(want)})")
     return out
 
 

@@ -311,6 +311,18 @@ class Runner:
         return {name: {k: getattr(obj, k) for k in options.option_fields(obj)}
                 for name, obj in used.items()}
 
+    def key_settings(self) -> dict[str, dict[str, Any]]:
+        """:meth:`plugin_settings` as unit keys see them: without the values a plugin declares
+        neutral (``key_neutral``: an option added later, at the default that behaves as before
+        it existed)."""
+        used = {self.config.dataset: self.dataset, **self.backbones, **self.cams,
+                **self.ensembles, **self.filters}
+        out = {}
+        for name, values in self.plugin_settings().items():
+            neutral = getattr(used[name], "key_neutral", {})
+            out[name] = {k: v for k, v in values.items() if k not in neutral or neutral[k] != v}
+        return out
+
     @property
     def data_dir(self) -> Path | None:
         """``--data-dir``, else the default data folder for a dataset that reads files."""
@@ -629,7 +641,7 @@ class Runner:
             "plugin": self.versions.get(job.backbone),
             "dataset_plugin": self.versions.get(cfg.dataset),
             "device_type": self.device.type,
-            "settings": self.plugin_settings()[job.backbone],
+            "settings": self.key_settings()[job.backbone],
             "in_chans": int(data.images.shape[1]),
             "output_stride": self.config.output_stride,
             "training": self.training_settings(),
@@ -654,7 +666,7 @@ class Runner:
         cfg = self.config
         description = {"train": train_key, "cam": c_name, "plugin": self.versions.get(c_name),
                        "device_type": self.device.type,
-                       "settings": self.plugin_settings()[c_name], "target": cfg.cam_target,
+                       "settings": self.key_settings()[c_name], "target": cfg.cam_target,
                        "gate": cfg.gate, "amp": self.amp}
         return digest(["cams", description]), description
 
@@ -665,7 +677,7 @@ class Runner:
         """The key of one fold's evaluate unit. ``across`` (every fold's CAM unit keys and the
         folds) marks across-folds calibration, whose thresholds depend on every fold; a
         per-fold unit's description is as it was before that option existed."""
-        settings = self.plugin_settings()
+        settings = self.key_settings()
         description = {"cams": cam_keys, "ensemble": e_name,
                        "ensemble_settings": settings.get(e_name) if e_name else None,
                        "filter": f_name, "filter_settings": settings[f_name],
@@ -849,7 +861,7 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
 
         header["deviations"] = [dataclasses.asdict(d)
                                 for d in deviations.for_run(config.dataset)]
-        header["preset_overrides"] = presets.overrides(config)
+        header["preset_overrides"] = presets.overrides(config, registry)
     return leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header,
                               name=config.leaderboard_name)
 

@@ -46,14 +46,23 @@ def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
                          mode="bilinear", align_corners=False, antialias=True).numpy()
 
 
+def _resize_view(view: np.ndarray, size: int) -> np.ndarray:
+    """A CAM view resized: nearest neighbour when it holds at most two values (a binarised
+    view, such as the authors' 0/255 FLAIR, stays binary), else as the images."""
+    if len(np.unique(view)) > 2:
+        return _resize_images(view, size)
+    return F.interpolate(torch.from_numpy(view.astype(np.float32)), size=(size, size),
+                         mode="nearest").numpy()
+
+
 def resize_case(case: Case, size: int) -> Case:
-    """Resize to ``size``×``size``: images (and a CAM view) bilinear (antialiased), masks
-    nearest."""
+    """Resize to ``size``×``size``: images bilinear (antialiased), masks nearest, a CAM view
+    as :func:`_resize_view` says."""
     if case.images.shape[-2:] == (size, size):
         return case
     masks = F.interpolate(torch.from_numpy(case.masks[:, None].astype(np.float32)),
                           size=(size, size), mode="nearest")[:, 0] > 0.5
-    cam = None if case.cam_images is None else _resize_images(case.cam_images, size)
+    cam = None if case.cam_images is None else _resize_view(case.cam_images, size)
     return Case(case.case_id, _resize_images(case.images, size), masks.numpy(), cam)
 
 

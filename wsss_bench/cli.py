@@ -47,7 +47,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    from wsss_bench.runner import RunConfig
+    from wsss_bench.pipeline.settings import RunConfig
 
     d = RunConfig()
     parser = ArgumentParser(prog="wsss-bench", description=(
@@ -141,8 +141,16 @@ def build_parser() -> ArgumentParser:
                    help="mixed precision (default auto: on CUDA only)")
     r.add_argument("--channels-last", choices=["auto", "on", "off"],
                    help="NHWC memory format (default auto: on CUDA only)")
+    r.add_argument("--executor", metavar="NAME",
+                   help="where units run: local (default, this process), processes (worker "
+                        "processes), ray (a Ray cluster; the extra wsss-bench[ray]) or a "
+                        "plugin's; options with -o NAME.KEY=VALUE (see `wsss-bench plugins`)")
     r.add_argument("--gpus", type=int,
-                   help="train (backbone, fold, seed) units side by side on this many GPUs")
+                   help="shorthand for --executor processes with one worker per GPU, on this "
+                        "many GPUs")
+    r.add_argument("--devices", type=_names,
+                   help="the processes executor's devices, one worker each (e.g. cuda:0,cuda:2"
+                        " or cpu,cpu)")
     r.add_argument("--leaderboard-name", metavar="NAME",
                    help="write <NAME>.json/.md instead of <dataset>.json/.md")
     r.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
@@ -197,9 +205,9 @@ def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
 
 def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None:
     from wsss_bench import leaderboard
+    from wsss_bench.pipeline.publish import run_and_publish
     from wsss_bench.progress import Reporter
     from wsss_bench.registry import load_registry
-    from wsss_bench.runner import run_and_publish
 
     config = run_config(args)
     args.workdir = config.workdir  # for the resume hint after Ctrl-C
@@ -216,7 +224,7 @@ def run_config(args: argparse.Namespace):
     """The effective RunConfig: defaults < preset < config file < flags."""
     from wsss_bench import presets
     from wsss_bench.options import parse
-    from wsss_bench.runner import RunConfig
+    from wsss_bench.pipeline.settings import RunConfig
 
     kinds = {f.name: f for f in fields(RunConfig)}
     flags = {k: v for k, v in vars(args).items() if k in kinds}

@@ -7,16 +7,16 @@ Arrays are NumPy unless a signature says ``torch.Tensor``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
 
-KINDS = ("datasets", "backbones", "cams", "ensembles", "filters")
+KINDS = ("datasets", "backbones", "cams", "ensembles", "filters", "executors")
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,23 @@ class Filter(Protocol):
     description: str
 
     def region(self, images: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where a stage's units run: ``run(stage, units, context)`` calls ``stage(unit, context)``
+    once for every unit (in this process, in workers, on a cluster) and yields
+    ``(unit, result)`` as each finishes, in any order; it stores nothing (the driver does).
+
+    Units and the context are picklable; ``unit.portable()`` and ``context.portable(units)``
+    give copies that need no shared filesystem, and ``context.on(device)`` one that computes on
+    a worker's device. A unit that fails for good raises
+    :class:`wsss_bench.executors.UnitFailed` (one line naming the unit) after every finished
+    unit was yielded. Options are dataclass fields, set with ``-o NAME.field=value``.
+    """
+
+    name: str
+    description: str
+
+    def run(self, stage: Callable[[Any, Any], Any], units: Sequence[Any], context: Any
+            ) -> Iterator[tuple[Any, Any]]: ...

@@ -54,3 +54,9 @@ def register_ensembles(register: Register) -> None:
 def register_filters(register: Register) -> None:
     """Register filters (:class:`wsss_bench.contracts.Filter`): the region of each slice in
     which CAM values are kept before thresholding."""
+
+
+@hookspec
+def register_executors(register: Register) -> None:
+    """Register executors (:class:`wsss_bench.contracts.Executor`): where a stage's units run
+    (``--executor NAME``; built-ins ``local``, ``processes`` and ``ray``)."""

@@ -33,6 +33,7 @@ SINGULAR = {
     "cams": "CAM method",
     "ensembles": "ensemble",
     "filters": "filter",
+    "executors": "executor",
 }
 
 
@@ -145,13 +146,14 @@ class Kind(Mapping[str, Any]):
 
 @dataclass
 class Registry:
-    """Every registered dataset, backbone, CAM method, ensemble and filter."""
+    """Every registered dataset, backbone, CAM method, ensemble, filter and executor."""
 
     datasets: Kind = field(default_factory=lambda: Kind("datasets"))
     backbones: Kind = field(default_factory=lambda: Kind("backbones"))
     cams: Kind = field(default_factory=lambda: Kind("cams"))
     ensembles: Kind = field(default_factory=lambda: Kind("ensembles"))
     filters: Kind = field(default_factory=lambda: Kind("filters"))
+    executors: Kind = field(default_factory=lambda: Kind("executors"))
     skipped: list[str] = field(default_factory=list)
 
     def kind(self, kind: str) -> Kind:

@@ -1,0 +1,71 @@
+"""Stage ``cams``: the class activation maps of one classifier, one array per CAM method."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsss_bench.pipeline.context import Context
+from wsss_bench.pipeline.plan import CamUnit
+from wsss_bench.pipeline.train import as_tensor, load_model
+from wsss_bench.training import autocast, on_device
+
+
+@dataclass(frozen=True)
+class Mapped:
+    """A CAM unit's result: float16[N,H,W] maps by CAM method, and seconds by method."""
+
+    maps: dict[str, np.ndarray]
+    seconds: dict[str, float]
+
+
+def make_cams(unit: CamUnit, ctx: Context) -> Mapped:
+    """The CAMs of every slice's CAM view for the methods ``unit.todo`` (the stage function)."""
+    plan = ctx.plan
+    model = load_model(ctx, unit.train.backbone, unit.checkpoint(), unit.output_stride)
+    layer = ctx.plugin("backbones", unit.train.backbone).target_layer(model)
+    gate = np.asarray(unit.predicted) == 1 if plan.config.gate else None
+    maps, seconds = {}, {}
+    for name in unit.todo:
+        t0 = time.perf_counter()
+        out = compute_cams(ctx.plugin("cams", name), model, layer, ctx.data.cam_input,
+                           plan.config.cam_batch_size, ctx.torch_device,
+                           target=plan.config.cam_target, gate=gate, amp=plan.amp,
+                           channels_last=plan.channels_last)
+        maps[name] = out.astype(np.float16)
+        seconds[name] = time.perf_counter() - t0
+    return Mapped(maps, seconds)
+
+
+def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
+                 device: torch.device, advance=None, target: str = "predicted",
+                 gate: np.ndarray | None = None, amp: bool = False,
+                 channels_last: bool = False) -> np.ndarray:
+    """CAMs float32[N,H,W] for every slice, in batches on ``device``.
+
+    ``target`` is ``predicted`` (each slice's predicted class, the paper: the CAM method gets
+    ``None``) or ``positive`` (the lesion class: it gets a tensor of ones). ``gate`` bool[N]
+    zeroes the maps of slices predicted negative (WSS-CMER).
+    """
+    out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = on_device(as_tensor(images[start : start + batch_size]), device, channels_last)
+        classes = (None if target == "predicted"
+                   else torch.ones(len(batch), dtype=torch.long, device=batch.device))
+        with autocast(device, amp):
+            maps = cam.cam(model, target_layer, batch, classes)
+        out[start : start + len(batch)] = maps.float().cpu().numpy()
+        if advance is not None:
+            advance(len(batch))
+    if gate is not None:
+        out[~gate] = 0.0
+    return out
+
+
+def store_files(maps: np.ndarray, folder: Path) -> None:
+    """Write one CAM method's maps (float16) into its store unit's folder."""
+    np.save(folder / "cams.npy", maps.astype(np.float16))

@@ -1,0 +1,72 @@
+"""Stage ``evaluate``: choose a method's thresholds on training slices, score held-out ones.
+
+Per-fold calibration picks the thresholds on the fold's training slices; across-folds
+calibration (the paper's Fig. 6) scores the grid on every fold's training slices and picks the
+one tuple with the best mean. Either way the chosen thresholds are applied to each fold's
+validation slices and scored there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from wsss_bench import calibration
+from wsss_bench.metrics import score
+from wsss_bench.pipeline.context import Context
+from wsss_bench.pipeline.plan import EvalUnit
+
+
+def evaluate(unit: EvalUnit, ctx: Context) -> list[dict[str, Any]]:
+    """``{"thresholds", "metrics"}`` on each of ``unit.folds`` (the stage function)."""
+    grid = np.asarray(ctx.plan.grid)
+    if len(unit.folds) == 1:
+        stack, region, (train, _) = _inputs(unit, ctx, 0)
+        chosen = _grid(unit, ctx, stack, region, train, grid).thresholds
+        return [_apply(unit, ctx, stack, region, chosen)]
+    scores = []
+    for i in range(len(unit.folds)):  # pass 1: every fold's training grid
+        stack, region, (train, _) = _inputs(unit, ctx, i)
+        scores.append(_grid(unit, ctx, stack, region, train, grid).scores)
+    chosen = calibration.choose_across_folds(scores, grid).thresholds
+    return [_apply(unit, ctx, *_inputs(unit, ctx, i)[:2], chosen, fold_index=i)
+            for i in range(len(unit.folds))]  # pass 2: the chosen tuple on every fold
+
+
+def empty(ctx: Context, fold: int) -> dict[str, float]:
+    """The metrics of predicting no lesion anywhere on ``fold``'s validation slices."""
+    _, val = ctx.split(fold)
+    gt = ctx.data.masks[val]
+    return score(np.zeros_like(gt), gt, ctx.data.case_ids[val])
+
+
+def _inputs(unit: EvalUnit, ctx: Context, i: int):
+    """The unit's CAMs float32[M,N,H,W] on fold ``unit.folds[i]``, its filter's region and
+    the fold's (training, validation) slice indices."""
+    fold = unit.folds[i]
+    stack = np.stack([ctx.cams(key) for key in unit.cam_keys[i]])
+    return stack, ctx.region(unit.filter, fold), ctx.split(fold)
+
+
+def _ensemble(unit: EvalUnit, ctx: Context) -> Any:
+    return ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
+
+
+def _grid(unit: EvalUnit, ctx: Context, stack: np.ndarray, region: np.ndarray,
+          train: np.ndarray, grid: np.ndarray) -> calibration.GridResult:
+    """Every grid point scored on the fold's training slices."""
+    data = ctx.data
+    return calibration.grid_search(
+        stack[:, train], data.masks[train], ensemble=_ensemble(unit, ctx), thresholds=grid,
+        metric=ctx.plan.config.select_by, case_ids=data.case_ids[train], region=region[train])
+
+
+def _apply(unit: EvalUnit, ctx: Context, stack: np.ndarray, region: np.ndarray,
+           thresholds: tuple[float, ...], fold_index: int = 0) -> dict[str, Any]:
+    """The thresholds applied to the fold's validation slices, scored."""
+    _, val = ctx.split(unit.folds[fold_index])
+    data = ctx.data
+    pred = calibration.binarize(stack[:, val], thresholds, _ensemble(unit, ctx), region[val])
+    return {"thresholds": [float(t) for t in thresholds],
+            "metrics": score(pred, data.masks[val], data.case_ids[val])}

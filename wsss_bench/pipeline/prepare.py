@@ -1,0 +1,60 @@
+"""Stage ``prepare``: the slices of the dataset, through the slice cache for file datasets.
+
+The slice cache is a store unit like the others (``<workdir>/cache/<key>``, keyed by the
+dataset, its options, the image size and every file's path, size and modification time); a
+generated dataset is made directly and identified by its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from wsss_bench import download, slice_cache
+from wsss_bench.pipeline.plan import Plan
+from wsss_bench.progress import Reporter
+from wsss_bench.slices import SliceSet, collect
+from wsss_bench.store import digest
+from wsss_bench.volumes import MissingData
+
+
+def data_dir(plan: Plan) -> Path | None:
+    """``--data-dir``, else the default data folder for a dataset that reads files."""
+    if plan.config.data_dir:
+        return Path(plan.config.data_dir).expanduser()
+    return download.default_data_dir() if plan.reads_files else None
+
+
+def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
+    """The run's slices (downloading missing data where the dataset allows it)."""
+    cfg = plan.config
+    t0 = time.perf_counter()
+    if not plan.reads_files:
+        data = collect(dataset, data_dir(plan), cfg.image_size)
+        settings = plan.plugin_settings[cfg.dataset]
+        origin = f"generated/{cfg.dataset}-{digest([settings, cfg.image_size])}"
+        data = dataclasses.replace(data, origin=origin)
+    else:
+        workers = cfg.workers or slice_cache.default_workers()
+        args = (dataset, data_dir(plan), Path(cfg.workdir) / "cache", workers, cfg.image_size,
+                reporter)
+        force = "prepare" in plan.force
+        try:
+            data = slice_cache.prepare(*args, force=force)
+        except MissingData:
+            archive = getattr(dataset, "archive", None)
+            if archive is None:
+                raise
+            reporter.summary(f"[bold]download[/] {dataset.name}: no data in {data_dir(plan)}, "
+                             f"fetching {archive.url}")
+            download.fetch(archive, data_dir(plan), reporter)
+            data = slice_cache.prepare(*args, force=force)
+    reporter.summary(
+        f"[bold]data[/] {cfg.dataset}: {len(set(data.case_ids.tolist()))} cases, "
+        f"{len(data)} slices of {data.images.shape[1]}×{data.images.shape[2]}×"
+        f"{data.images.shape[3]}, {data.labels.mean():.0%} with lesion, lesion pixels "
+        f"{data.masks.mean():.2%} ({time.perf_counter() - t0:.1f} s)")
+    return data
+

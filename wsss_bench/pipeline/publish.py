@@ -1,0 +1,123 @@
+"""Rows from the evaluate results, and the run published into its leaderboard."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsss_bench import leaderboard
+from wsss_bench.metrics import METRIC_NAMES
+from wsss_bench.pipeline import evaluate
+from wsss_bench.pipeline.context import Context
+from wsss_bench.pipeline.plan import EvalUnit, Plan
+from wsss_bench.pipeline.prepare import data_dir
+from wsss_bench.pipeline.settings import EMPTY, RunConfig
+from wsss_bench.progress import Reporter
+from wsss_bench.provenance import run_info
+from wsss_bench.registry import Registry
+
+
+@dataclass
+class MethodResult:
+    """One leaderboard row in the making: per-fold thresholds and metrics."""
+
+    backbones: tuple[str, ...]
+    cam: str | None
+    ensemble: str | None
+    filter: str | None
+    symbol: str | None = None  # how the ensemble is shown, e.g. the paper's '<' for smaller
+    thresholds: list[list[float] | None] = field(default_factory=list)
+    folds: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def method(self) -> str:
+        """The row key: ``ensemble(backbones) / cam / filter`` (the paper's symbol when set)."""
+        if not self.backbones:
+            return EMPTY
+        core = (f"{self.symbol or self.ensemble}({','.join(self.backbones)})" if self.ensemble
+                else self.backbones[0])
+        return f"{core} / {self.cam} / {self.filter}"
+
+
+def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, Any]]]],
+         strides: dict[str, int], reused: int, reporter: Reporter) -> list[dict[str, Any]]:
+    """Leaderboard rows: seed-major, fold by fold, the Empty baseline first."""
+    results: dict[str, MethodResult] = {}
+    by_fold: dict[tuple[int, int], list[tuple[EvalUnit, dict[str, Any]]]] = {}
+    for unit, per_fold in found:
+        for fold, result in zip(unit.folds, per_fold, strict=True):
+            by_fold.setdefault((unit.seed, fold), []).append((unit, result))
+    order = {u.method: i for i, u in enumerate(plan.evaluate)}
+    for seed in plan.seeds:
+        for fold in range(len(plan.folds)):
+            empty = results.setdefault(EMPTY, MethodResult((), None, None, None))
+            empty.thresholds.append(None)
+            empty.folds.append(evaluate.empty(ctx, fold))
+            done = sorted(by_fold.get((seed, fold), []), key=lambda p: order[p[0].method])
+            for unit, result in done:
+                ensemble = ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
+                res = MethodResult(unit.group, unit.cam, unit.ensemble, unit.filter,
+                                   getattr(ensemble, "symbol", None) if ensemble else None)
+                res = results.setdefault(res.method, res)
+                res.thresholds.append(result["thresholds"])
+                res.folds.append(result["metrics"])
+            best = max(done, key=lambda p: p[1]["metrics"]["paper_dsc"])
+            reporter.summary(
+                f"[bold]evaluate[/] {plan.label(seed, fold)}: {len(done)} (cam, filter, "
+                f"ensemble) units; best on validation: "
+                f"{results_key(best[0], ctx)} paper_dsc {best[1]['metrics']['paper_dsc']:.4f} "
+                f"(Empty {empty.folds[-1]['paper_dsc']:.4f})")
+    reporter.summary(f"[bold]evaluate[/] {len(plan.evaluate)} units ({reused} reused)")
+    info = run_info(torch.device(plan.device), plan.config.seed, plan.settings)
+    info["plugins"] = plan.plugin_settings
+    info["plugin_versions"] = dict(plan.versions)
+    where = data_dir(plan)
+    info["effective"] = {"image_size": list(ctx.data.images.shape[2:]),
+                         "data_dir": str(where) if where else None,
+                         "folds": len(plan.folds), "seeds": list(plan.seeds),
+                         "in_chans": plan.in_chans, "output_stride": strides,
+                         "weights": dict(plan.weights), "amp": plan.amp,
+                         "channels_last": plan.channels_last}
+    return [_row(plan, r, info) for r in results.values()]
+
+
+def results_key(unit: EvalUnit, ctx: Context) -> str:
+    ensemble = ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
+    return MethodResult(unit.group, unit.cam, unit.ensemble, unit.filter,
+                        getattr(ensemble, "symbol", None) if ensemble else None).method
+
+
+def _row(plan: Plan, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
+    metrics = {}
+    for name in METRIC_NAMES:
+        values = [f[name] for f in res.folds]
+        metrics[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                         "folds": values}
+    return {"method": res.method, "seeds": list(plan.seeds), "backbones": list(res.backbones),
+            "cam": res.cam, "ensemble": res.ensemble, "filter": res.filter,
+            "thresholds": res.thresholds, "metrics": metrics, "source": "measured", "run": info}
+
+
+def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
+                    command: str | None = None) -> dict[str, Any]:
+    """Run ``config`` and merge its rows into ``<leaderboard_dir>/<dataset>.json`` and ``.md``."""
+    from wsss_bench.pipeline.run import run
+
+    found_rows, folds = run(config, registry, reporter)
+    for row in found_rows:
+        row["run"]["command"] = command
+    header = {"split": folds, "split_seed": None if config.folds_file else config.seed,
+              "split_file": config.folds_file, "command": command}
+    if config.preset:  # what still differs from the paper, and what this run changed
+        from wsss_bench import deviations, presets
+
+        header["deviations"] = [dataclasses.asdict(d)
+                                for d in deviations.for_run(config.dataset)]
+        header["preset_overrides"] = presets.overrides(config, registry)
+    return leaderboard.update(Path(config.leaderboard_dir), config.dataset, found_rows, header,
+                              name=config.leaderboard_name)

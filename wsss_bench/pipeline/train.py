@@ -1,0 +1,113 @@
+"""Stage ``train``: one classifier per (backbone, fold, seed), and its prediction per slice."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsss_bench.errors import UsageError
+from wsss_bench.pipeline.context import Context
+from wsss_bench.pipeline.plan import TrainUnit, weights_argument
+from wsss_bench.training import TrainConfig, autocast, on_device, train_classifier
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A train unit's result: the checkpoint, every slice's predicted class, the facts."""
+
+    checkpoint: bytes  # torch.save of the state dict (CPU tensors)
+    predicted: np.ndarray  # int8[N]
+    info: dict[str, Any]  # losses, val_accuracy, output_stride, seconds, weights
+    notes: tuple[str, ...] = ()  # lines for the log (e.g. a stride fallback)
+
+
+def train(unit: TrainUnit, ctx: Context) -> Trained:
+    """Train ``unit``'s classifier on its fold's training slices (the stage function)."""
+    plan, data, device = ctx.plan, ctx.data, ctx.torch_device
+    cfg = plan.config
+    train_idx, val_idx = ctx.split(unit.fold)
+    seed = unit.description["seed"]
+    torch.manual_seed(seed)
+    model, stride, notes = build(ctx, unit.backbone)
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
+                       amp=plan.amp, channels_last=plan.channels_last,
+                       precise_bn=cfg.precise_bn == "on")
+    t0 = time.perf_counter()
+    result = train_classifier(model, data.images[train_idx], data.labels[train_idx], tcfg, device)
+    predicted = predict(result.model, data.images, cfg.cam_batch_size, device, amp=plan.amp,
+                        channels_last=plan.channels_last)
+    val_accuracy = float((predicted[val_idx] == data.labels[val_idx]).mean())
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    info = {"losses": result.losses, "val_accuracy": val_accuracy, "output_stride": stride,
+            "seconds": time.perf_counter() - t0, "weights": plan.weights.get(unit.backbone)}
+    return Trained(buffer.getvalue(), predicted.astype(np.int8), info, tuple(notes))
+
+
+def build(ctx: Context, name: str) -> tuple[torch.nn.Module, int, list[str]]:
+    """An untrained classifier at the run's output stride (stride 32 in auto mode for a
+    backbone that cannot change it), with its initial weights: a local file, timm's hub or
+    random. Returns the model, the stride used and notes for the log."""
+    plan = ctx.plan
+    backbone = ctx.plugin("backbones", name)
+    stride = plan.output_stride()
+    pretrained = weights_argument(plan, backbone)
+    kwargs = dict(in_chans=plan.in_chans, num_classes=2, pretrained=pretrained)
+    if stride != 32:
+        strides = getattr(backbone, "output_strides", None)
+        if strides is None or stride in strides:
+            try:
+                return backbone.build(**kwargs, output_stride=stride), stride, []
+            except (TypeError, ValueError) as exc:  # TypeError: build() has no output_stride
+                reason = str(exc)
+        else:
+            reason = f"output stride {stride} not supported (only {strides})"
+        if plan.config.output_stride != "auto":
+            raise UsageError(f"backbone {name!r}: {reason}; pass --output-stride 32 or auto")
+        notes = [f"[bold]backbone[/] {name}: output stride 32 ({reason})"]
+        return backbone.build(**kwargs), 32, notes
+    return backbone.build(**kwargs), 32, []
+
+
+def load_model(ctx: Context, name: str, checkpoint: bytes, stride: int) -> torch.nn.Module:
+    """A stored classifier, in eval mode on the context's device."""
+    plan = ctx.plan
+    kwargs = {} if stride == 32 else {"output_stride": stride}
+    model = ctx.plugin("backbones", name).build(in_chans=plan.in_chans, num_classes=2,
+                                                pretrained=False, **kwargs)
+    state = torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.to(ctx.torch_device).eval()
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+@torch.no_grad()
+def predict(model, images: np.ndarray, batch_size: int, device: torch.device,
+            amp: bool = False, channels_last: bool = False) -> np.ndarray:
+    """Predicted class int64[N] of every slice (eval mode)."""
+    out = []
+    with autocast(device, amp):
+        for s in range(0, len(images), batch_size):
+            x = on_device(as_tensor(images[s : s + batch_size]), device, channels_last)
+            out.append(model(x).argmax(1).cpu())
+    return torch.cat(out).numpy()
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """A float32 tensor of a (possibly float16, memory-mapped) slice batch."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32))
+
+
+def store_files(trained: Trained, folder: Path) -> dict[str, Any]:
+    """Write a train result into its store unit's folder; the unit's metadata."""
+    (folder / "model.pt").write_bytes(trained.checkpoint)
+    np.save(folder / "predicted.npy", trained.predicted)
+    return dict(trained.info)

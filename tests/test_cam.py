@@ -144,7 +144,7 @@ def test_target_none_is_each_samples_predicted_class():
 def test_resolve_targets():
     logits = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 0.7]])
     assert resolve_targets(logits, None).tolist() == [1, 0, 1]
-    assert resolve_targets(logits, 1).tolist() == [1, 1, 1]
+    assert resolve_targets(logits, torch.ones(3, dtype=torch.long)).tolist() == [1, 1, 1]
     assert resolve_targets(logits, torch.tensor([0, 1, 0])).tolist() == [0, 1, 0]
     assert resolve_targets(logits, torch.tensor([0, 1, 0])).dtype == torch.long
     with pytest.raises(ValueError, match="2 entries for a batch of 3"):

@@ -182,29 +182,16 @@ def test_plugins_json_lists_every_builtin_and_third_party(use_dist):
 
 
 FILE_DATASETS = sorted(n for n, d in wsss_bench.load_registry().datasets.items()
-                       if hasattr(d, "sources"))
+                       if d.reads_files)
 
 
 @pytest.mark.parametrize("name", FILE_DATASETS)
 def test_file_dataset_contract(name, tmp_path):
-    """Every file dataset: the FileDataset protocol, picklable (workers decode in other
-    processes), and missing data is a one-line UsageError, never a traceback."""
-    import pickle
-
-    from wsss_bench.contracts import FileDataset
-    from wsss_bench.errors import UsageError
+    """Every file dataset, through the shipped kit: the FileDataset protocol, picklable
+    (workers decode in other processes), missing data a one-line UsageError naming the folder,
+    an https archive with an md5 or a download_note."""
+    from wsss_bench import testing
 
     dataset = wsss_bench.load_registry().datasets[name]
-    assert isinstance(dataset, FileDataset)
     assert dataset.needs_data_dir
-    assert pickle.loads(pickle.dumps(dataset)) == dataset
-    for root in (tmp_path / "missing", tmp_path):
-        with pytest.raises(UsageError) as err:
-            dataset.sources(root)
-        assert "\n" not in str(err.value) and str(root) in str(err.value)
-    archive = getattr(dataset, "archive", None)
-    if archive is not None:
-        assert archive.url.startswith("https://") and len(archive.md5) == 32
-        assert archive.folder in archive.url
-    else:
-        assert getattr(dataset, "download_note", "")
+    testing.check_dataset(dataset, scratch_dir=tmp_path)

@@ -7,6 +7,7 @@ any timm model a backbone (``--backbones timm:convnext_atto,resnet18``).
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +122,9 @@ class TimmBackbone:
     """A timm model with ``in_chans`` input channels; CAMs at its last feature stage."""
 
     name: str
-    fixed_fields: ClassVar[tuple[str, ...]] = ("model_name",)  # the name fixes the model
-    model_name: str
+    # the name fixes the model; output_strides follows from the model
+    fixed_fields: ClassVar[tuple[str, ...]] = ("model_name", "output_strides")
+    model_name: str  # declared (wsss_bench.contracts.Backbone): timm's model name
     description: str
     weights_url: str = ""  # with --pretrained: download from this URL instead of timm's hub
     # with --pretrained: timm's weight tag (e.g. tv_in1k: torchvision's ImageNet weights);
@@ -131,6 +133,8 @@ class TimmBackbone:
     # option values left out of unit keys while they hold them: an option added later stays
     # out of the keys at its neutral default, so stores made before it existed stay valid
     key_neutral: ClassVar[dict[str, Any]] = {"pretrained_tag": ""}
+    # declared: the strides build() accepts (timm_output_strides(model_name) for any model)
+    output_strides: tuple[int, ...] = (32,)
 
     def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path = False,
               output_stride: int = 32) -> nn.Module:
@@ -184,6 +188,26 @@ class TimmBackbone:
         return model.get_submodule(_target_entry(model)["module"])
 
 
+STRIDES = (8, 16, 32)
+
+
+@functools.cache
+def timm_output_strides(model_name: str) -> tuple[int, ...]:
+    """The output strides of ``STRIDES`` at which ``model_name`` can be built: each finer
+    stride is tried once on the meta device (no memory, no weights, the RNG left as it was)."""
+    probe = TimmBackbone(name=model_name, model_name=model_name, description="")
+    kwargs = {"pretrained": False, "in_chans": 1, "num_classes": 2}
+    ok = []
+    for stride in STRIDES[:-1]:
+        try:
+            with torch.device("meta"):
+                _restoring_rng(lambda s=stride: probe._create_strided(kwargs, s))
+        except Exception:  # the model cannot be built at this stride
+            continue
+        ok.append(stride)
+    return (*ok, 32)
+
+
 @dataclass(frozen=True)
 class TimmFamily:
     """``timm:<model_name>``: any model of ``timm.list_models()`` as a backbone."""
@@ -201,9 +225,14 @@ class TimmFamily:
                              f"{hint}list timm's models with {LIST_MODELS} (or "
                              f"timm.list_models('*pattern*'))")
         return TimmBackbone(name=f"{self.name}{suffix}", model_name=suffix,
-                            description=f"{suffix} from timm, CAM target: its last feature stage")
+                            description=f"{suffix} from timm, CAM target: its last feature stage",
+                            output_strides=timm_output_strides(suffix))
 
 
+# output strides of the built-ins: what timm_output_strides finds, written out (no probing at
+# every registry load)
+BUILTIN_STRIDES = {"resnet18": STRIDES, "resnet34": STRIDES, "resnet50": STRIDES,
+                   "resnet101": STRIDES, "vgg19": (32,)}
 BUILTINS = {
     "resnet18": "ResNet-18 (timm), Grad-CAM target: layer4",
     "resnet34": "ResNet-34 (timm), Grad-CAM target: layer4",
@@ -219,5 +248,6 @@ BUILTINS = {
 @hookimpl
 def register_backbones(register: Callable[[object], None]) -> None:
     for name, description in BUILTINS.items():
-        register(TimmBackbone(name=name, model_name=name, description=description))
+        register(TimmBackbone(name=name, model_name=name, description=description,
+                              output_strides=BUILTIN_STRIDES[name]))
     register(TimmFamily())

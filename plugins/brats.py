@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -150,8 +150,15 @@ class Brats(FileDatasetBase):
     cam_modality: str = "flair"
     cache_version: int = 2
     fixed_fields = ("needs_data_dir", "cache_version")
-    download_note = (f"BraTS 2020 needs registration: get {RELEASE} from {WHERE} and pass the "
-                     f"folder that holds it as --data-dir")
+    # declared (wsss_bench.contracts.Dataset); reads_files comes from FileDatasetBase
+    archive: ClassVar[None] = None
+    download_note: ClassVar[str] = (f"BraTS 2020 needs registration: get {RELEASE} from "
+                                    f"{WHERE} and pass the folder that holds it as --data-dir")
+
+    @property
+    def cam_view(self) -> bool:
+        """Declared: its cases carry a CAM view when ``cam_binarize > 0``."""
+        return self.cam_binarize > 0
 
     def __post_init__(self) -> None:
         check_brain_options(self)

@@ -1,27 +1,30 @@
 """Ensembles of the binary masks of M >= 2 backbones: the paper's four and two more.
 
 Each ensemble implements ``combine(masks bool[M,B,H,W]) -> bool[B,H,W]`` (the contract), and
-declares its rule so that calibration can evaluate every threshold combination exactly from
-histograms instead of binarising per grid point:
+declares (class attributes, not options) its leaderboard ``symbol`` and its rule, so that
+calibration can evaluate every threshold combination exactly from histograms instead of
+binarising per grid point:
 
-- ``pixel_rule = k``: a pixel is positive iff at least ``k(M)`` backbones say so
-  (``and``: M, ``or``: 1, ``vote``: ceil(M/2));
+- ``pixel_rule``: a pixel is positive iff at least k of M backbones say so
+  (``and``: "all" = M, ``or``: "any" = 1, ``vote``: "majority" = ceil(M/2));
 - ``slice_rule = "smallest" | "largest"``: per slice, the mask of the backbone with the
   fewest / most positive pixels (ties: the first backbone);
-- ``fuse(cams float[M,B,H,W]) -> float[B,H,W]``: the CAMs are fused first and thresholded
-  with one threshold (``mean``).
+- ``fuses = True`` and ``fuse(cams float[M,B,H,W]) -> float[B,H,W]``: the CAMs are fused
+  first and thresholded with one threshold (``mean``).
 
-A third-party ensemble that only implements ``combine`` is calibrated by a generic exact path.
+A third-party ensemble that declares no rule (all None, ``fuses = False``) is calibrated by a
+generic exact path through ``combine``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from wsss_bench import hookimpl
+from wsss_bench.contracts import pixel_rule_count
 
 
 def _bool(masks: np.ndarray) -> np.ndarray:
@@ -35,10 +38,10 @@ def _bool(masks: np.ndarray) -> np.ndarray:
 class And:
     name: str = "and"
     description: str = "intersection: a pixel is lesion only if every backbone says so"
-    symbol: str = "and"
-
-    def pixel_rule(self, m: int) -> int:
-        return m
+    symbol: ClassVar[str | None] = "and"
+    pixel_rule: ClassVar[str | None] = "all"
+    slice_rule: ClassVar[str | None] = None
+    fuses: ClassVar[bool] = False
 
     def combine(self, masks: np.ndarray) -> np.ndarray:
         return np.logical_and.reduce(_bool(masks), axis=0)
@@ -48,10 +51,10 @@ class And:
 class Or:
     name: str = "or"
     description: str = "union: a pixel is lesion if any backbone says so"
-    symbol: str = "or"
-
-    def pixel_rule(self, m: int) -> int:
-        return 1
+    symbol: ClassVar[str | None] = "or"
+    pixel_rule: ClassVar[str | None] = "any"
+    slice_rule: ClassVar[str | None] = None
+    fuses: ClassVar[bool] = False
 
     def combine(self, masks: np.ndarray) -> np.ndarray:
         return np.logical_or.reduce(_bool(masks), axis=0)
@@ -61,14 +64,14 @@ class Or:
 class Vote:
     name: str = "vote"
     description: str = "majority: a pixel is lesion if at least half of the backbones say so"
-    symbol: str = "vote"
-
-    def pixel_rule(self, m: int) -> int:
-        return math.ceil(m / 2)  # ties count as positive
+    symbol: ClassVar[str | None] = "vote"
+    pixel_rule: ClassVar[str | None] = "majority"  # ceil(M/2): ties count as positive
+    slice_rule: ClassVar[str | None] = None
+    fuses: ClassVar[bool] = False
 
     def combine(self, masks: np.ndarray) -> np.ndarray:
         masks = _bool(masks)
-        return masks.sum(axis=0) >= self.pixel_rule(masks.shape[0])
+        return masks.sum(axis=0) >= pixel_rule_count(self.pixel_rule, masks.shape[0])
 
 
 def _pick(masks: np.ndarray, largest: bool) -> np.ndarray:
@@ -82,8 +85,10 @@ def _pick(masks: np.ndarray, largest: bool) -> np.ndarray:
 class Smaller:
     name: str = "smaller"
     description: str = "the paper's '<': per slice, the mask with the fewest lesion pixels"
-    symbol: str = "<"
-    slice_rule: str = "smallest"
+    symbol: ClassVar[str | None] = "<"
+    pixel_rule: ClassVar[str | None] = None
+    slice_rule: ClassVar[str | None] = "smallest"
+    fuses: ClassVar[bool] = False
 
     def combine(self, masks: np.ndarray) -> np.ndarray:
         return _pick(masks, largest=False)
@@ -93,8 +98,10 @@ class Smaller:
 class Bigger:
     name: str = "bigger"
     description: str = "the paper's '>': per slice, the mask with the most lesion pixels"
-    symbol: str = ">"
-    slice_rule: str = "largest"
+    symbol: ClassVar[str | None] = ">"
+    pixel_rule: ClassVar[str | None] = None
+    slice_rule: ClassVar[str | None] = "largest"
+    fuses: ClassVar[bool] = False
 
     def combine(self, masks: np.ndarray) -> np.ndarray:
         return _pick(masks, largest=True)
@@ -110,7 +117,10 @@ class Mean:
 
     name: str = "mean"
     description: str = "mean of the CAMs, thresholded with one threshold"
-    symbol: str = "mean"
+    symbol: ClassVar[str | None] = "mean"
+    pixel_rule: ClassVar[str | None] = None
+    slice_rule: ClassVar[str | None] = None
+    fuses: ClassVar[bool] = True
 
     def fuse(self, cams: np.ndarray) -> np.ndarray:
         return np.asarray(cams, dtype=np.float64).mean(axis=0)

@@ -74,6 +74,7 @@ def _repeat(plane: np.ndarray, b: int) -> np.ndarray:
 @dataclass(frozen=True)
 class NoFilter:
     name: str = "none"
+    learned: ClassVar[bool] = False  # declared: no fit()
     description: str = "keep every pixel"
 
     def region(self, images: np.ndarray) -> np.ndarray:
@@ -90,6 +91,7 @@ class CenterBox:
     """
 
     name: str = "center-box"
+    learned: ClassVar[bool] = False  # declared: no fit()
     description: str = "keep a centred box of `side` × the image side (paper: Decathlon)"
     side: float = 0.5
 
@@ -113,6 +115,7 @@ class Brain:
     """
 
     name: str = "brain"
+    learned: ClassVar[bool] = False  # declared: no fit()
     description: str = "keep the brain: any channel above `background` (BraTS, normalised)"
     background: float = 0.0
 
@@ -137,6 +140,7 @@ class BrainBand:
     """
 
     name: str = "brain-band"
+    learned: ClassVar[bool] = False  # declared: no fit()
     description: str = ("the brain minus a band of `width` × the height around the central row "
                         "(paper: BraTS)")
     width: float = 0.1
@@ -174,6 +178,7 @@ class LearnedBox:
     """
 
     name: str = "learned-box"
+    learned: ClassVar[bool] = True  # declared: fit() returns the fitted filter
     description: str = ("keep the bounding box of the training lesions grown by `margin` × the "
                         "side (fit on the training folds)")
     margin: float = 0.05

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from wsss_bench import hookimpl
 from wsss_bench.contracts import Case, CaseFiles
@@ -96,9 +97,11 @@ class MsdTask(FileDatasetBase):
     url: str
     md5: str
     task: str
+    download_note: ClassVar[str] = ""  # declared; it has an archive
 
     @property
     def archive(self) -> Archive:
+        """Declared: the MSD tar of the task."""
         return Archive(self.url, self.md5, self.task)
 
     def sources(self, data_dir: Path) -> list[CaseFiles]:
@@ -120,6 +123,7 @@ class Decathlon(MsdTask):
     task = "Task05_Prostate"
     labels = (0, 1, 2)
     fixed_fields = ("needs_data_dir", "cache_version")
+    cam_view: ClassVar[bool] = False  # declared: CAMs see the training view
 
     def __post_init__(self) -> None:
         if self.modality not in PROSTATE_MODALITIES:
@@ -160,6 +164,11 @@ class MsdBrain(MsdTask):
 
     def __post_init__(self) -> None:
         check_brain_options(self)
+
+    @property
+    def cam_view(self) -> bool:
+        """Declared: its cases carry a CAM view when ``cam_binarize > 0``."""
+        return self.cam_binarize > 0
 
     def load(self, source: CaseFiles) -> Case:
         path = source.files["image"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -73,6 +74,12 @@ class Phantom:
     name: str = "phantom"
     description: str = "Synthetic MRI-like organ with bright 3-D lesions, seeded, no files needed"
     needs_data_dir: bool = False
+    # declared (wsss_bench.contracts.Dataset): generated, never downloaded or cached
+    reads_files: ClassVar[bool] = False
+    archive: ClassVar[None] = None
+    download_note: ClassVar[str] = "it is generated: no files to download"
+    cache_version: ClassVar[int] = 0
+    cam_view: ClassVar[bool] = False
     n_cases: int = 24
     n_slices: int = 16
     size: int = 64

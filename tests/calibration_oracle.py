@@ -30,7 +30,7 @@ def oracle_grid_search(
         c = c[None]
     if region is not None:
         c = np.where(np.asarray(region, dtype=bool)[None], c, 0.0)
-    if c.shape[0] >= 2 and callable(getattr(ensemble, "fuse", None)):
+    if c.shape[0] >= 2 and ensemble.fuses:
         c = np.asarray(ensemble.fuse(c), dtype=np.float64)[None]  # one map, one threshold
     grid = np.asarray(grid, dtype=np.float64)
     m = c.shape[0]

@@ -17,8 +17,15 @@ from wsss_bench.metrics import METRIC_NAMES
 from wsss_bench_plugins.ensembles import And, Bigger, Mean, Or, Smaller, Vote
 
 
-class First:
-    """Third-party style: only ``combine`` (the first backbone's mask)."""
+class NoRule:
+    """Third-party style: no declared rule, only ``combine`` (the generic path)."""
+
+    symbol = pixel_rule = slice_rule = None
+    fuses = False
+
+
+class First(NoRule):
+    """The first backbone's mask."""
 
     name = "first"
 
@@ -26,8 +33,8 @@ class First:
         return masks[0].copy()
 
 
-class Xor:
-    """Third-party style: only ``combine`` (an odd number of backbones say so)."""
+class Xor(NoRule):
+    """An odd number of backbones say so."""
 
     name = "xor"
 
@@ -35,15 +42,13 @@ class Xor:
         return masks.sum(axis=0) % 2 == 1
 
 
-class AtLeast:
+class AtLeast(NoRule):
     """A pixel rule with any k, also k <= 0 (always positive) and k > M (never)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
         self.name = f"at-least-{k}"
-
-    def pixel_rule(self, m: int) -> int:
-        return self.k
+        self.pixel_rule = f"at-least-{k}"
 
     def combine(self, masks: np.ndarray) -> np.ndarray:
         return masks.sum(axis=0) >= self.k
@@ -389,18 +394,18 @@ def test_rule_validation() -> None:
     cams = np.zeros((2, 1, 2, 2))
     gt = np.zeros((1, 2, 2), dtype=bool)
 
-    class BadSlice:
+    class BadSlice(NoRule):
         name = "bad-slice"
         slice_rule = "median"
 
         def combine(self, masks):
             return masks[0]
 
-    class BadPixel:
+    class BadPixel(NoRule):
         name = "bad-pixel"
 
-        def pixel_rule(self, m):
-            return 0.5
+        def pixel_rule(self, m):  # a method, not a declared str
+            return 1
 
         def combine(self, masks):
             return masks[0]
@@ -411,6 +416,17 @@ def test_rule_validation() -> None:
         grid_search(cams, gt, ensemble=BadPixel())
     with pytest.raises(ValueError, match="combine"):
         grid_search(cams, gt, ensemble=object())
+
+    class Undeclared:  # combine() but none of the declared attributes
+        name = "undeclared"
+
+        def combine(self, masks):
+            return masks[0]
+
+    with pytest.raises(ValueError, match="'undeclared'.*missing declared attribute `fuses`"):
+        grid_search(cams, gt, ensemble=Undeclared())
+    with pytest.raises(ValueError, match="pixel_rule"):
+        binarize(cams, [0.5, 0.5], ensemble=BadPixel())
 
 
 def test_validation_errors() -> None:

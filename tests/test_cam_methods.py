@@ -197,6 +197,9 @@ TARGETS = [None, "positive", [0, 1, 1, 0], [1, 0, 0, 0]]
 
 
 def _target_arg(target):
+    """What the core passes: None, or a long tensor (``positive``: all ones)."""
+    if target == "positive":
+        return torch.ones(4, dtype=torch.long)
     return torch.tensor(target) if isinstance(target, list) else target
 
 
@@ -701,20 +704,21 @@ def test_cleanup_when_the_model_raises(method, raise_on, grad_enabled):
 # ================================================================ 6. resolve_targets
 
 
-def test_resolve_targets_positive_and_unknown_strings():
+def test_resolve_targets_takes_none_or_an_integer_tensor_only():
     logits = torch.tensor([[3.0, -1.0], [0.0, 2.0], [5.0, 5.5], [1.0, 0.0]])
-    positive = resolve_targets(logits, "positive")
+    positive = resolve_targets(logits, torch.ones(4, dtype=torch.long))
     assert positive.tolist() == [1, 1, 1, 1] and positive.dtype == torch.long
+    assert resolve_targets(logits, torch.ones(4, dtype=torch.int32)).dtype == torch.long
     assert resolve_targets(logits, None).tolist() == [0, 1, 1, 0]
-    for bad in ("negative", "Positive", "", "lesion"):
-        with pytest.raises(ValueError, match="unknown CAM target"):
+    for bad in ("positive", "lesion", 1, [1, 1, 1, 1], torch.ones(4)):  # str, int, list, float
+        with pytest.raises(TypeError, match="None or an integer tensor"):
             resolve_targets(logits, bad)
-    # through a method: "positive" equals explicit class 1 for every sample
+    # through a method: the ones tensor is exactly the lesion class of every sample
     model = tiny_net()
     x = images()
-    torch.testing.assert_close(GradCAMPlusPlus().cam(model, model.target, x, "positive"),
-                               GradCAMPlusPlus().cam(model, model.target, x,
-                                                     torch.ones(4, dtype=torch.long)))
-    with pytest.raises(ValueError, match="unknown CAM target"):
-        GradCAM().cam(model, model.target, x, "lesion")
+    ones = GradCAMPlusPlus().cam(model, model.target, x, torch.ones(4, dtype=torch.long))
+    want = reference_cam("gradcam++", model, "target", x, [1, 1, 1, 1])
+    torch.testing.assert_close(ones.double(), want, atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="None or an integer tensor"):
+        GradCAM().cam(model, model.target, x, "positive")
     assert_clean(model)

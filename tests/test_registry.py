@@ -105,6 +105,62 @@ def test_object_without_a_name_is_rejected():
         load_registry(extra_plugins={"nameless": Nameless()})
 
 
+def _registering(hook: str, *objs: object) -> object:
+    def register_all(register) -> None:
+        for obj in objs:
+            register(obj)
+
+    register_all.__name__ = hook
+    return type("Plugin", (), {hook: staticmethod(wsss_bench.hookimpl(register_all))})()
+
+
+class Undeclared:
+    """A filter with ``region`` but without its declared ``learned``."""
+
+    name, description = "undeclared", "no declared attributes"
+
+    def region(self, images):
+        return images[:, 0] > 0
+
+
+def test_object_missing_a_declared_attribute_is_rejected_naming_it():
+    with pytest.raises(PluginError) as err:
+        load_registry(extra_plugins={"mine": _registering("register_filters", Undeclared())})
+    message = str(err.value)
+    assert "plugin 'mine' (<extra>)" in message and "filter 'undeclared'" in message
+    assert "(Undeclared)" in message and "missing declared attribute `learned`" in message
+
+
+@pytest.mark.parametrize(("kind", "attr", "value", "problem"), [
+    ("filters", "learned", "yes", "`learned` must be a bool"),
+    ("filters", "learned", True, "`learned = True` but it has no `fit()` method"),
+    ("ensembles", "fuses", True, "`fuses = True` but it has no `fuse()` method"),
+    ("ensembles", "pixel_rule", "most", "`pixel_rule` must be None or a str"),
+    ("ensembles", "slice_rule", "median", "`slice_rule` must be None or one of"),
+    ("backbones", "output_strides", (8, 16), "must be a tuple of positive ints that includes 32"),
+    ("backbones", "model_name", None, "`model_name` must be a non-empty str"),
+    ("datasets", "cache_version", "1", "`cache_version` must be an int"),
+    ("datasets", "archive", "https://x", "`archive` must be a wsss_bench.download.Archive"),
+    ("datasets", "reads_files", False, "`reads_files = False` but it has no `cases()` method"),
+])
+def test_wrong_declared_attribute_is_rejected(kind, attr, value, problem):
+    from wsss_bench.contracts import DECLARED
+
+    good = {"filters": {"learned": False},
+            "ensembles": {"symbol": None, "pixel_rule": None, "slice_rule": None,
+                          "fuses": False},
+            "backbones": {"model_name": "m", "output_strides": (32,)},
+            "datasets": {"needs_data_dir": True, "reads_files": True, "archive": None,
+                         "download_note": "", "cache_version": 0, "cam_view": False,
+                         "sources": lambda d: [], "load": lambda s: None}}[kind]
+    assert set(DECLARED[kind]) <= set(good)
+    obj = type("Odd", (), {**good, "name": "odd", "description": "d", attr: value})()
+    hook = f"register_{kind}"
+    with pytest.raises(PluginError, match="plugin 'odd-dist'.*'odd' \\(Odd\\)") as err:
+        load_registry(extra_plugins={"odd-dist": _registering(hook, obj)})
+    assert problem in str(err.value)
+
+
 def test_unknown_name_lists_the_known_ones():
     from wsss_bench.errors import UsageError
 
@@ -126,29 +182,16 @@ def test_plugins_json_lists_every_builtin_and_third_party(use_dist):
 
 
 FILE_DATASETS = sorted(n for n, d in wsss_bench.load_registry().datasets.items()
-                       if hasattr(d, "sources"))
+                       if d.reads_files)
 
 
 @pytest.mark.parametrize("name", FILE_DATASETS)
 def test_file_dataset_contract(name, tmp_path):
-    """Every file dataset: the FileDataset protocol, picklable (workers decode in other
-    processes), and missing data is a one-line UsageError, never a traceback."""
-    import pickle
-
-    from wsss_bench.contracts import FileDataset
-    from wsss_bench.errors import UsageError
+    """Every file dataset, through the shipped kit: the FileDataset protocol, picklable
+    (workers decode in other processes), missing data a one-line UsageError naming the folder,
+    an https archive with an md5 or a download_note."""
+    from wsss_bench import testing
 
     dataset = wsss_bench.load_registry().datasets[name]
-    assert isinstance(dataset, FileDataset)
     assert dataset.needs_data_dir
-    assert pickle.loads(pickle.dumps(dataset)) == dataset
-    for root in (tmp_path / "missing", tmp_path):
-        with pytest.raises(UsageError) as err:
-            dataset.sources(root)
-        assert "\n" not in str(err.value) and str(root) in str(err.value)
-    archive = getattr(dataset, "archive", None)
-    if archive is not None:
-        assert archive.url.startswith("https://") and len(archive.md5) == 32
-        assert archive.folder in archive.url
-    else:
-        assert getattr(dataset, "download_note", "")
+    testing.check_dataset(dataset, scratch_dir=tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import timm
@@ -168,6 +169,8 @@ def test_an_unrelated_type_error_is_not_blamed_on_the_stride(monkeypatch):
 class Toy:
     name: str
     description: str = "a toy backbone"
+    model_name: ClassVar[str] = "toy"  # declared backbone attributes
+    output_strides: ClassVar[tuple[int, ...]] = (32,)
 
 
 @dataclass(frozen=True)
@@ -235,3 +238,22 @@ def test_a_family_without_resolve_or_a_duplicate_family_is_a_plugin_error():
         load_registry(extra_plugins={"toys": _plugin(ToyFamily(), ToyFamily())})
     with pytest.raises(PluginError, match="duplicate backbone name 'timm:'"):
         load_registry(extra_plugins={"toys": _plugin(ToyFamily(name="timm:"))})
+
+
+@dataclass(frozen=True)
+class BareToy:
+    name: str
+    description: str = "a toy backbone without its declared attributes"
+
+
+@dataclass(frozen=True)
+class BareFamily(ToyFamily):
+    def resolve(self, suffix: str) -> BareToy:
+        return BareToy(name=f"{self.name}{suffix}")
+
+
+def test_a_family_member_without_declared_attributes_is_a_plugin_error():
+    registry = load_registry(extra_plugins={"toys": _plugin(BareFamily())})
+    with pytest.raises(PluginError, match=r"plugin 'toys' \(<extra>\) registered backbone "
+                                          r"'toy:1' \(BareToy\).*`model_name`"):
+        registry.backbones.get_entry("toy:1")

@@ -13,9 +13,9 @@ decides it); the confusion counts of every grid point then follow from histogram
 and cumulative sums. With P pixels, M backbones, G grid values and N slices, per kind of
 ensemble:
 
-- one backbone, or an ensemble with ``fuse`` (the fused CAM gets ONE threshold): histogram of
+- one backbone, or an ensemble that ``fuses`` (the fused CAM gets ONE threshold): histogram of
   ``(b, gt)``, suffix sums. O(P + G).
-- ``pixel_rule(m) = k`` (positive iff at least k of M backbones say so; and, or, vote): joint
+- a ``pixel_rule`` (positive iff at least k of M backbones say so; and, or, vote): joint
   histogram of ``(b_1..b_M, gt)``; the count of "at least k of the events b_m > i_m" by
   inclusion-exclusion over subsets of backbones, each term an M-dimensional suffix sum.
   O(P·M + 2^M·(G+1)^M).
@@ -23,8 +23,9 @@ ensemble:
   pixels, ties to the first backbone): per-slice per-backbone histograms give every slice's
   (tp, positives) at every threshold; per threshold tuple, the chosen backbone per slice.
   O(P·M + N·M·G^M).
-- only ``combine`` (a third-party ensemble): the generic direct method, exact and slow: each
-  CAM is binarized once per grid value and every tuple is combined and counted. O(P·G^M).
+- no declared rule (only ``combine``, e.g. a third-party ensemble): the generic direct method,
+  exact and slow: each CAM is binarized once per grid value and every tuple is combined and
+  counted. O(P·G^M).
 
 The metrics need pooled counts (``paper_miou``, ``paper_dsc``, ``dice_pooled``), per-slice
 counts (``dice_slice``) or per-case counts (``dice_volume``): the histograms are kept per group
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from wsss_bench.contracts import declared_problems, pixel_rule_count
 from wsss_bench.metrics import (
     METRIC_NAMES,
     _as_bool,
@@ -59,7 +61,6 @@ _CHUNK_BYTES = 128 * 2**20
 # Pixels (per backbone) quantized and counted at a time: keeps the temporaries in cache.
 _BLOCK_PIXELS = 2**16
 
-SLICE_RULES = ("smallest", "largest")
 
 
 def threshold_grid(step: float = 0.1) -> np.ndarray:
@@ -107,11 +108,20 @@ def _check_masks(cams: np.ndarray, region: Any, name: str = "region") -> np.ndar
 
 
 def resolve_ensemble(ensemble: Any) -> Any:
-    """An ensemble object as given, or the registered ensemble of that name (a string)."""
+    """An ensemble object as given (its declared attributes checked: a ValueError names what
+    is wrong), None, or the registered ensemble of that name (a string)."""
     if isinstance(ensemble, str):
         from wsss_bench import load_registry
 
         return load_registry().ensembles.get_entry(ensemble).obj  # UsageError when unknown
+    if ensemble is None:
+        return None
+    problems = declared_problems("ensembles", ensemble)
+    if not callable(getattr(ensemble, "combine", None)):
+        problems.insert(0, "it has no combine() method")
+    if problems:
+        raise ValueError(f"{getattr(ensemble, 'name', ensemble)!r} is not an ensemble "
+                         f"(wsss_bench.contracts.Ensemble): {'; '.join(problems)}")
     return ensemble
 
 
@@ -150,16 +160,12 @@ def _positive(cams: np.ndarray, region: np.ndarray | None) -> np.ndarray:
     return c
 
 
-def _fuses(ensemble: Any) -> bool:
-    return callable(getattr(ensemble, "fuse", None))
-
-
 def binarize(cams: Any, thresholds: Any, ensemble: Any = None, region: Any = None) -> np.ndarray:
     """Binary masks bool[N,H,W] from cams float[M,N,H,W] (or [N,H,W]) and their thresholds.
 
     Per backbone ``cams[m] > thresholds[m]`` after zeroing cams outside ``region``
-    (bool[N,H,W]); M >= 2 masks are combined by ``ensemble.combine``. An ensemble with
-    ``fuse`` given ONE threshold thresholds the fused (region-zeroed) CAMs instead.
+    (bool[N,H,W]); M >= 2 masks are combined by ``ensemble.combine``. An ensemble that
+    ``fuses``, given ONE threshold, thresholds the fused (region-zeroed) CAMs instead.
     ``ensemble`` may be a registered ensemble's name.
     """
     c = _as_cams(cams)
@@ -167,7 +173,7 @@ def binarize(cams: Any, thresholds: Any, ensemble: Any = None, region: Any = Non
     t = np.atleast_1d(np.asarray(to_numpy(thresholds), dtype=np.float64))
     m = c.shape[0]
     reg = _check_masks(c, region)
-    if m >= 2 and _fuses(ens) and t.shape == (1,):
+    if m >= 2 and ens is not None and ens.fuses and t.shape == (1,):
         return _fuse(ens, _positive(c, reg)) > t[0]
     if t.shape != (m,):
         raise ValueError(f"need {m} thresholds (one per backbone), got {t.shape}")
@@ -449,23 +455,12 @@ def _generic_counts(data: _Data, sel: np.ndarray, group: np.ndarray, ng: int,
 def _rule(ensemble: Any, m: int) -> tuple[str, Any]:
     """How to count an ensemble of m >= 2 backbones: ("fuse" | "pixel" | "slice" | "generic",
     its parameter)."""
-    if _fuses(ensemble):
+    if ensemble.fuses:
         return "fuse", None
-    rule = getattr(ensemble, "pixel_rule", None)
-    if rule is not None:
-        k = rule(m) if callable(rule) else rule
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise ValueError(f"ensemble {ensemble.name!r}: pixel_rule({m}) must be an int, "
-                             f"got {k!r}")
-        return "pixel", int(k)
-    rule = getattr(ensemble, "slice_rule", None)
-    if rule is not None:
-        if rule not in SLICE_RULES:
-            raise ValueError(f"ensemble {ensemble.name!r}: slice_rule must be one of "
-                             f"{SLICE_RULES}, got {rule!r}")
-        return "slice", rule == "largest"
-    if not callable(getattr(ensemble, "combine", None)):
-        raise ValueError(f"{ensemble!r} is not an ensemble: it has no combine()")
+    if ensemble.pixel_rule is not None:
+        return "pixel", pixel_rule_count(ensemble.pixel_rule, m)
+    if ensemble.slice_rule is not None:
+        return "slice", ensemble.slice_rule == "largest"
     return "generic", ensemble
 
 
@@ -486,7 +481,7 @@ def grid_search(
     ``thresholds`` a 1-D grid (default ``threshold_grid(0.1)``), ``metric`` one of
     ``METRIC_NAMES``, ``case_ids`` the case of each slice (for ``dice_volume``), ``region``
     bool[N,H,W] (cams outside it are zeroed). Ties go to the lowest C-order grid index.
-    An ensemble with ``fuse`` is calibrated with one threshold on the fused CAMs.
+    An ensemble that ``fuses`` is calibrated with one threshold on the fused CAMs.
     """
     c = _as_cams(cams)
     m, n, h, w = c.shape

@@ -52,24 +52,22 @@ def _graph_from(target_layer: nn.Module, store: dict[str, torch.Tensor]) -> Iter
 
 LESION_CLASS = 1  # wsss-bench classifiers: class 0 = no lesion, class 1 = lesion
 
-Target = torch.Tensor | int | str | None
+Target = torch.Tensor | None  # the CAM contract's target (wsss_bench.contracts.Cam)
 
 
 def resolve_targets(logits: torch.Tensor, target: Target) -> torch.Tensor:
-    """Per-sample class indices.
+    """Per-sample class indices, long [B] on the logits' device.
 
-    ``None``: each sample's predicted class (the paper); ``"positive"``: the lesion class for
-    every sample; an int: that class for every sample; a tensor: one class per sample.
+    ``None``: each sample's predicted class (the paper); an integer tensor [B]: one class per
+    sample (``--cam-target positive`` passes all ones, :data:`LESION_CLASS`). Anything else is
+    a TypeError, a wrong length a ValueError.
     """
     if target is None:
         return logits.argmax(dim=1)
-    if isinstance(target, str):
-        if target != "positive":
-            raise ValueError(f"unknown CAM target {target!r}: use None, 'positive' or indices")
-        target = LESION_CLASS
-    if isinstance(target, int):
-        return torch.full((logits.shape[0],), target, dtype=torch.long, device=logits.device)
-    target = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"CAM target must be None or an integer tensor [B] of class indices, "
+                        f"got {target!r}")
+    target = target.to(device=logits.device, dtype=torch.long).reshape(-1)
     if target.shape[0] != logits.shape[0]:
         raise ValueError(f"target has {target.shape[0]} entries for a batch of {logits.shape[0]}")
     return target

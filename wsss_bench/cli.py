@@ -325,9 +325,9 @@ def cmd_download(args: argparse.Namespace) -> None:
                              f"{dataset.name!r} only")
         values[key] = value
     dataset = options.configure(dataset, values)
-    archive = getattr(dataset, "archive", None)
+    archive = dataset.archive
     if archive is None:
-        note = getattr(dataset, "download_note", "it has no download")
+        note = dataset.download_note or "it has no download"
         raise UsageError(f"dataset {dataset.name!r} cannot be downloaded: {note}")
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else download.default_data_dir()
     reporter = Reporter(quiet=args.quiet)

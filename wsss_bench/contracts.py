@@ -3,18 +3,27 @@
 A plugin registers objects with a unique ``name`` and a one-line ``description``. The
 Protocols below are structural: any object with these attributes and methods qualifies.
 Arrays are NumPy unless a signature says ``torch.Tensor``.
+
+Optional abilities are *declared*, never probed: every object of a kind has the declared
+attributes of its Protocol (:data:`DECLARED`; a class attribute, a dataclass field or a property
+all do), and the registry rejects an object that lacks one or whose value has the wrong type
+(:func:`declared_problems`). :mod:`wsss_bench.testing` checks the rest of the contract.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from wsss_bench.download import Archive
 
 KINDS = ("datasets", "backbones", "cams", "ensembles", "filters", "executors")
 
@@ -56,11 +65,31 @@ class Case:
 
 @runtime_checkable
 class Dataset(Protocol):
-    """Finds cases under a root folder (``None`` for generated data) and yields them."""
+    """Finds cases under a root folder (``None`` for generated data) and yields them.
+
+    Declared attributes:
+
+    - ``needs_data_dir: bool``: True when ``cases``/``sources`` need a data folder.
+    - ``reads_files: bool``: True for a :class:`FileDataset` (``sources``/``load``, which the
+      core reads through the slice cache); False for generated data, read with ``cases()``.
+    - ``archive: Archive | None``: where the data can be downloaded from
+      (:class:`wsss_bench.download.Archive`), None when it cannot be downloaded.
+    - ``download_note: str``: how to get the data when ``archive`` is None (shown by
+      ``wsss-bench download``); may be ``""`` when there is an archive.
+    - ``cache_version: int``: part of the slice-cache key; bump it when preprocessing changes
+      (0 for generated data, which is not cached).
+    - ``cam_view: bool``: True when every case carries ``cam_images`` (the CAM-time view),
+      False when none does. May depend on the object's options (a property).
+    """
 
     name: str
     description: str
     needs_data_dir: bool
+    reads_files: bool
+    archive: Archive | None
+    download_note: str
+    cache_version: int
+    cam_view: bool
 
     def cases(self, data_dir: Path | None) -> Iterator[Case]: ...
 
@@ -76,12 +105,12 @@ class CaseFiles:
 
 @runtime_checkable
 class FileDataset(Dataset, Protocol):
-    """A dataset read from files. ``sources`` lists the cases (cheap: no decoding) and
-    ``load`` decodes one; the core decodes cases in parallel worker processes and keeps the
-    result in the slice cache, keyed by the dataset's options and every listed file's size and
-    modification time. ``sources`` raises :class:`wsss_bench.volumes.MissingData` when the data
-    is not there. Optional attributes: ``archive`` (a :class:`wsss_bench.download.Archive`, for
-    data that may be downloaded) and ``cache_version`` (bump it when preprocessing changes).
+    """A dataset read from files (``reads_files = True``). ``sources`` lists the cases (cheap:
+    no decoding) and ``load`` decodes one; the core decodes cases in parallel worker processes
+    and keeps the result in the slice cache, keyed by the dataset's options, its
+    ``cache_version`` and every listed file's size and modification time. ``sources`` raises
+    :class:`wsss_bench.volumes.MissingData` when the data is not there (then ``archive``, if
+    not None, is downloaded). The object must pickle (workers get a copy).
     """
 
     def sources(self, data_dir: Path) -> list[CaseFiles]: ...
@@ -93,12 +122,20 @@ class FileDataset(Dataset, Protocol):
 class Backbone(Protocol):
     """A classifier architecture and the layer whose activations CAMs are taken from.
 
-    ``build`` may also accept ``output_stride`` (16 or 8: dilated last stages for finer CAMs);
-    the runner passes it only when a run asks for a stride other than 32.
+    Declared attributes:
+
+    - ``model_name: str``: the architecture's name, used to find a local checkpoint in
+      ``--weights DIR`` (``<model_name>.safetensors`` …); timm's model name for timm models,
+      else usually the backbone's ``name``.
+    - ``output_strides: tuple[int, ...]``: the output strides ``build`` accepts, 32 included:
+      ``(8, 16, 32)`` for a model whose last stages can be dilated, ``(32,)`` for one that
+      cannot. The core passes ``output_stride=s`` to ``build`` only for ``s != 32`` in it.
     """
 
     name: str
     description: str
+    model_name: str
+    output_strides: tuple[int, ...]
 
     def build(self, in_chans: int, num_classes: int, pretrained: bool | str | Path
               ) -> nn.Module: ...
@@ -110,10 +147,12 @@ class Backbone(Protocol):
 class Cam(Protocol):
     """A class activation map method.
 
-    ``cam(model, target_layer, images[B,C,H,W], target[B] | None) -> float[B,H,W]`` at input
+    ``cam(model, target_layer, images[B,C,H,W], target) -> float[B,H,W]`` at input
     resolution, in [0, 1] (ReLU, then per-sample min-max; a flat map is all 0, never NaN),
-    high = lesion. ``target=None`` means each sample's predicted class. Must leave no hooks
-    and no parameter ``.grad`` behind.
+    finite, high = lesion. ``target`` is None (each sample's predicted class; the core passes
+    it for ``--cam-target predicted``) or an integer ``torch.Tensor[B]`` of class indices on
+    the images' device (``--cam-target positive``: all ones, the lesion class). Must leave no
+    hooks and no parameter ``.grad`` behind. No declared attributes.
     """
 
     name: str
@@ -128,12 +167,52 @@ class Cam(Protocol):
     ) -> torch.Tensor: ...
 
 
+SLICE_RULES = ("smallest", "largest")
+PIXEL_RULES = ("all", "any", "majority", "at-least-<k>")
+_AT_LEAST = re.compile(r"at-least-(-?[0-9]+)")
+
+
+def pixel_rule_count(rule: str, m: int) -> int:
+    """``k``: with pixel rule ``rule``, a pixel is positive iff at least k of M = ``m``
+    backbones say so (``all``: M, ``any``: 1, ``majority``: ceil(M/2), ``at-least-<k>``: k)."""
+    if rule == "all":
+        return m
+    if rule == "any":
+        return 1
+    if rule == "majority":
+        return -(-m // 2)
+    match = _AT_LEAST.fullmatch(rule) if isinstance(rule, str) else None
+    if match is None:
+        raise ValueError(f"pixel_rule must be one of {', '.join(PIXEL_RULES)}, got {rule!r}")
+    return int(match.group(1))
+
+
 @runtime_checkable
 class Ensemble(Protocol):
-    """Combines the binary masks of M >= 2 backbones: ``bool[M,B,H,W] -> bool[B,H,W]``."""
+    """Combines the binary masks of M >= 2 backbones: ``bool[M,B,H,W] -> bool[B,H,W]``.
+
+    Declared attributes (calibration uses them to count every threshold tuple exactly from
+    histograms; ``combine`` must agree with them):
+
+    - ``symbol: str | None``: how the ensemble is shown in leaderboard rows (``"<"`` for
+      ``smaller``); None shows its ``name``.
+    - ``pixel_rule: str | None``: a pixel is positive iff at least k backbones say so, k from
+      :func:`pixel_rule_count`: ``"all"``, ``"any"``, ``"majority"`` or ``"at-least-<k>"``.
+    - ``slice_rule: str | None``: per slice, the mask of the backbone with the ``"smallest"``
+      or ``"largest"`` positive area (ties: the first backbone).
+    - ``fuses: bool``: True when it also has ``fuse(cams float[M,B,H,W]) -> float[B,H,W]``;
+      calibration then thresholds the fused CAM with ONE threshold (this wins over the rules).
+
+    At most one of ``pixel_rule`` and ``slice_rule`` is set; with neither (and no ``fuse``) the
+    ensemble is calibrated by an exact but slow generic path through ``combine``.
+    """
 
     name: str
     description: str
+    symbol: str | None
+    pixel_rule: str | None
+    slice_rule: str | None
+    fuses: bool
 
     def combine(self, masks: np.ndarray) -> np.ndarray: ...
 
@@ -142,15 +221,124 @@ class Ensemble(Protocol):
 class Filter(Protocol):
     """The region of each slice where CAMs are kept: ``images[B,C,H,W] -> bool[B,H,W]``.
 
-    A learned filter may also define ``fit(images, masks) -> Filter``: called with the fold's
-    training slices only, it returns a new, fitted filter; the registered object is shared by
-    every fold and must not change.
+    Declared attribute: ``learned: bool``, True when the filter has
+    ``fit(images, masks) -> Filter``: called with the fold's training slices only, it returns
+    a new, fitted filter; the registered object is shared by every fold and must not change.
     """
 
     name: str
     description: str
+    learned: bool
 
     def region(self, images: np.ndarray) -> np.ndarray: ...
+
+
+PROTOCOLS: dict[str, type] = {"datasets": Dataset, "backbones": Backbone, "cams": Cam,
+                              "ensembles": Ensemble, "filters": Filter}
+
+
+# --- declared attributes: each a check of the value, returning what is wrong ("" = ok) ----
+
+def _is_bool(value: Any) -> str:
+    return "" if isinstance(value, bool) else "must be a bool"
+
+
+def _is_int(value: Any) -> str:
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    return "" if ok else "must be an int"
+
+
+def _is_str(value: Any) -> str:
+    return "" if isinstance(value, str) else "must be a str"
+
+
+def _is_name(value: Any) -> str:
+    return "" if isinstance(value, str) and value else "must be a non-empty str"
+
+
+def _is_optional_str(value: Any) -> str:
+    return "" if value is None or isinstance(value, str) else "must be a str or None"
+
+
+def _is_archive(value: Any) -> str:
+    from wsss_bench.download import Archive
+
+    ok = value is None or isinstance(value, Archive)
+    return "" if ok else "must be a wsss_bench.download.Archive or None"
+
+
+def _is_strides(value: Any) -> str:
+    ok = (isinstance(value, tuple) and value and 32 in value
+          and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value))
+    return "" if ok else "must be a tuple of positive ints that includes 32, e.g. (8, 16, 32)"
+
+
+def _is_pixel_rule(value: Any) -> str:
+    if value is None:
+        return ""
+    try:
+        pixel_rule_count(value, 2)
+    except ValueError as exc:
+        return f"must be None or a str: {exc}"
+    return ""
+
+
+def _is_slice_rule(value: Any) -> str:
+    ok = value is None or value in SLICE_RULES
+    return "" if ok else f"must be None or one of {', '.join(map(repr, SLICE_RULES))}"
+
+
+Check = Callable[[Any], str]
+
+DECLARED: dict[str, dict[str, Check]] = {
+    "datasets": {"needs_data_dir": _is_bool, "reads_files": _is_bool, "archive": _is_archive,
+                 "download_note": _is_str, "cache_version": _is_int, "cam_view": _is_bool},
+    "backbones": {"model_name": _is_name, "output_strides": _is_strides},
+    "cams": {},
+    "ensembles": {"symbol": _is_optional_str, "pixel_rule": _is_pixel_rule,
+                  "slice_rule": _is_slice_rule, "fuses": _is_bool},
+    "filters": {"learned": _is_bool},
+}
+
+# methods a declared value promises: (attribute, value) -> methods that must then exist
+PROMISED: dict[str, dict[tuple[str, Any], tuple[str, ...]]] = {
+    "datasets": {("reads_files", True): ("sources", "load"), ("reads_files", False): ("cases",)},
+    "ensembles": {("fuses", True): ("fuse",)},
+    "filters": {("learned", True): ("fit",)},
+}
+
+
+def declared_problems(kind: str, obj: Any) -> list[str]:
+    """What is wrong with ``obj``'s declared attributes as a plugin of ``kind`` (empty: ok).
+
+    Each problem names the attribute: missing, of the wrong type, or promising a method the
+    object lacks (``fuses = True`` without ``fuse``).
+    """
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    for attr, check in DECLARED[kind].items():
+        try:
+            value = getattr(obj, attr)
+        except AttributeError:
+            problems.append(f"missing declared attribute `{attr}`")
+            continue
+        except Exception as exc:  # a property that raises
+            problems.append(f"reading `{attr}` raised {type(exc).__name__}: {exc}")
+            continue
+        wrong = check(value)
+        if wrong:
+            problems.append(f"`{attr}` {wrong} (got {value!r})")
+        else:
+            values[attr] = value
+    for (attr, promise), methods in PROMISED.get(kind, {}).items():
+        if attr in values and values[attr] is promise:
+            for method in methods:
+                if not callable(getattr(obj, method, None)):
+                    problems.append(f"`{attr} = {promise}` but it has no `{method}()` method")
+    if (kind == "ensembles" and values.get("pixel_rule") is not None
+            and values.get("slice_rule") is not None):
+        problems.append("sets both `pixel_rule` and `slice_rule`; set at most one")
+    return problems
 
 
 @runtime_checkable
@@ -171,3 +359,4 @@ class Executor(Protocol):
 
     def run(self, stage: Callable[[Any, Any], Any], units: Sequence[Any], context: Any
             ) -> Iterator[tuple[Any, Any]]: ...
+PROTOCOLS["executors"] = Executor

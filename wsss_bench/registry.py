@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import pluggy
 
 from wsss_bench import hookspecs
-from wsss_bench.contracts import KINDS
+from wsss_bench.contracts import KINDS, declared_problems
 from wsss_bench.errors import PluginError, UsageError
 
 BLOCK_ENV = "WSSS_BENCH_BLOCK_PLUGINS"
@@ -141,6 +141,7 @@ class Kind(Mapping[str, Any]):
                 f"plugin {family.plugin!r} ({family.source}): family {family.name!r} resolved "
                 f"{name!r} to an object named {getattr(obj, 'name', None)!r}; it must be "
                 f"named {name!r}")
+        check_declared(self.kind, obj, family.plugin, family.source)
         return Entry(self.kind, name, obj, family.plugin, family.source)
 
 
@@ -183,6 +184,8 @@ class Registry:
             raise PluginError(
                 f"plugin {plugin!r} ({source}) registered {SINGULAR[kind]} family {name!r} "
                 f"(a name ending with {FAMILY_SUFFIX!r}) without a `resolve(suffix)` method")
+        if not is_family:  # a family's members are checked when it resolves them
+            check_declared(kind, obj, plugin, source)
         target = table.families if is_family else table.entries
         if name in target:
             first = target[name]
@@ -192,6 +195,18 @@ class Registry:
                 f"uninstall or block one with {BLOCK_ENV}"
             )
         target[name] = Entry(kind, name, obj, plugin, source)
+
+
+def check_declared(kind: str, obj: Any, plugin: str, source: str) -> None:
+    """A PluginError naming the object, its kind, plugin and distribution when its declared
+    attributes (:data:`wsss_bench.contracts.DECLARED`) are missing or of the wrong type."""
+    problems = declared_problems(kind, obj)
+    if problems:
+        raise PluginError(
+            f"plugin {plugin!r} ({source}) registered {SINGULAR[kind]} "
+            f"{getattr(obj, 'name', None)!r} ({type(obj).__qualname__}) that breaks its "
+            f"contract: {'; '.join(problems)} (see the {SINGULAR[kind]} contract in "
+            f"wsss_bench.contracts and CONTRIBUTING.md)")
 
 
 def blocked_plugins() -> set[str]:

@@ -56,7 +56,7 @@ def cache_key(dataset: Any, sources: list[CaseFiles], image_size: int | None
     description = {
         "format": CACHE_FORMAT,
         "dataset": dataset.name,
-        "cache_version": getattr(dataset, "cache_version", 0),
+        "cache_version": dataset.cache_version,
         "settings": {k: getattr(dataset, k) for k in options.option_fields(dataset)},
         "image_size": image_size,
         "files": files,
@@ -154,11 +154,12 @@ def _write_stacked(path: Path, parts: list[np.ndarray], n: int) -> None:
 
 
 def _write(folder: Path, cases: list[Decoded], description: dict[str, Any],
-           dataset: str) -> None:
+           dataset: Any) -> None:
     n = sum(len(images) for _, images, _, _ in cases)
     _write_stacked(folder / "images.npy", [images for _, images, _, _ in cases], n)
     views = [cam for _, _, _, cam in cases]
-    if join_cam_views(dataset, [v[:0] if v is not None else None for v in views]) is not None:
+    if join_cam_views(dataset.name, [v[:0] if v is not None else None for v in views],
+                      dataset.cam_view) is not None:
         _write_stacked(folder / "cam_images.npy", views, n)  # type: ignore[arg-type]
     masks = np.concatenate([case_masks for _, _, case_masks, _ in cases])
     case_ids, slice_index = [], []
@@ -200,7 +201,7 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write(tmp, cases, description, dataset.name)
+        _write(tmp, cases, description, dataset)
         if force and folder.exists():
             old = cache_root / f".tmp-old-{key}-{os.getpid()}"
             os.rename(folder, old)

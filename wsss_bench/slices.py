@@ -91,17 +91,20 @@ def collect(dataset: Dataset, data_dir: Path | None, image_size: int | None = No
                          f"pass --image-size N to resize them to N×N")
     return SliceSet(np.concatenate(images), np.concatenate(masks), np.asarray(case_ids),
                     np.asarray(slice_index, dtype=np.int64),
-                    cam_images=join_cam_views(dataset.name, cams))
+                    cam_images=join_cam_views(dataset.name, cams, dataset.cam_view))
 
 
-def join_cam_views(dataset: str, views: list[np.ndarray | None]) -> np.ndarray | None:
-    """The cases' CAM views as one float32 array, or None when no case has one; a dataset
-    that gives some cases a CAM view and others none is an error naming it."""
+def join_cam_views(dataset: str, views: list[np.ndarray | None], cam_view: bool
+                   ) -> np.ndarray | None:
+    """The cases' CAM views as one float32 array, or None when no case has one. A dataset
+    whose cases do not all carry a CAM view as its declared ``cam_view`` says is an error
+    naming it."""
     present = [v is not None for v in views]
-    if not any(present):
+    if any(p != cam_view for p in present):
+        raise UsageError(f"dataset plugin {dataset!r} declares cam_view = {cam_view} but gave "
+                         f"a CAM view for {sum(present)} of {len(views)} cases; it must give "
+                         f"one for every case or for none, as declared (report this to the "
+                         f"plugin's authors)")
+    if not cam_view or not views:
         return None
-    if not all(present):
-        raise UsageError(f"dataset plugin {dataset!r} gave a CAM view for "
-                         f"{sum(present)} of {len(views)} cases; it must give one for every "
-                         f"case or for none (report this to the plugin's authors)")
     return np.concatenate([np.asarray(v, dtype=np.float32) for v in views])

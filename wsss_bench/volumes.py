@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -27,7 +28,10 @@ class MissingData(DataError):
 
 class FileDatasetBase:
     """``cases()`` of a :class:`wsss_bench.contracts.FileDataset` from its ``sources`` and
-    ``load`` (the core itself decodes through the slice cache; this is for library use)."""
+    ``load`` (the core itself decodes through the slice cache; this is for library use), and
+    its declaration ``reads_files = True``."""
+
+    reads_files: ClassVar[bool] = True
 
     def cases(self, data_dir: Path | None) -> Iterator[Case]:
         for source in self.sources(Path(data_dir or ".")):  # type: ignore[attr-defined]

@@ -2,11 +2,12 @@
 
 ``--weights DIR`` looks in DIR for the backbone's checkpoint: ``<model>.safetensors``,
 ``<model>.pth``/``.pt``/``.bin``, or the same with a tag (timm: ``resnet34.a1_in1k.safetensors``;
-torchvision: ``resnet34-b627a593.pth``), where ``<model>`` is the timm model name (or the
-backbone name). ``.pth`` files are read with ``torch.load(weights_only=True)``. ``--pretrained``
-uses timm's hub weights when they can be reached and falls back to random initialisation with a
-warning when they cannot. The result is a short string recorded in the unit keys and rows:
-``random``, ``timm-hub``, ``random (hub unreachable: …)`` or ``file <path> (<bytes> bytes)``.
+torchvision: ``resnet34-b627a593.pth``), where ``<model>`` is the backbone's declared
+``model_name`` (the timm model name for timm backbones). ``.pth`` files are read with
+``torch.load(weights_only=True)``. ``--pretrained`` uses timm's hub weights when they can be
+reached and falls back to random initialisation with a warning when they cannot. The result is
+a short string recorded in the unit keys and rows: ``random``, ``timm-hub``,
+``random (hub unreachable: …)`` or ``file <path> (<bytes> bytes)``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,8 @@ def find_checkpoint(folder: Path, model_name: str) -> Path:
 
 def resolve(backbone: Any, weights_dir: str | None, pretrained: bool) -> str:
     """The initial weights of ``backbone`` for this run (see the module docstring)."""
-    model_name = getattr(backbone, "model_name", backbone.name)
     if weights_dir:
-        path = find_checkpoint(Path(weights_dir).expanduser(), model_name)
+        path = find_checkpoint(Path(weights_dir).expanduser(), backbone.model_name)
         st = path.stat()
         return f"file {path.resolve()} ({st.st_size} bytes, mtime_ns {st.st_mtime_ns})"
     if not pretrained:
@@ -67,6 +67,5 @@ def build_argument(backbone: Any, source: str, weights_dir: str | None) -> bool 
     if source == "timm-hub":
         return True
     if source.startswith("file "):
-        return find_checkpoint(Path(weights_dir or ".").expanduser(),
-                               getattr(backbone, "model_name", backbone.name))
+        return find_checkpoint(Path(weights_dir or ".").expanduser(), backbone.model_name)
     return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +32,11 @@ class First:
 
     name: str = "first"
     description: str = "the first backbone's mask (example plugin)"
+    # declared (wsss_bench.contracts.Ensemble): no rule, so calibrated through combine()
+    symbol: ClassVar[str | None] = None
+    pixel_rule: ClassVar[str | None] = None
+    slice_rule: ClassVar[str | None] = None
+    fuses: ClassVar[bool] = False
 
     def combine(self, masks: np.ndarray) -> np.ndarray:
         return np.asarray(masks[0], dtype=bool)

@@ -1,0 +1,445 @@
+"""The plugin contract test kit: check one plugin object (or every installed one) against its
+contract in :mod:`wsss_bench.contracts`.
+
+For plugin authors, in their own repository::
+
+    from wsss_bench.testing import check_cam, check_all
+
+    def test_my_cam():
+        check_cam(MyCam())          # AssertionError naming the plugin and what is wrong
+
+    def test_everything_installed():
+        check_all(names=["my-cam"])
+
+or run ``pytest --wsss-bench-contracts`` (the pytest plugin :mod:`wsss_bench.pytest_plugin`):
+one test per installed plugin object. Every check is small, random and on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wsss_bench.contracts import (
+    KINDS,
+    PROTOCOLS,
+    SLICE_RULES,
+    Case,
+    CaseFiles,
+    FileDataset,
+    declared_problems,
+    pixel_rule_count,
+)
+
+SINGULAR = {"datasets": "dataset", "backbones": "backbone", "cams": "CAM method",
+            "ensembles": "ensemble", "filters": "filter"}
+
+
+class _Check:
+    """Asserts about one plugin object; every message starts with what the object is."""
+
+    def __init__(self, kind: str, obj: Any) -> None:
+        self.kind, self.obj = kind, obj
+        self.label = f"{SINGULAR[kind]} {getattr(obj, 'name', None)!r} ({type(obj).__qualname__})"
+
+    def that(self, ok: Any, message: str) -> None:
+        if not ok:
+            raise AssertionError(f"{self.label}: {message}")
+
+    def call(self, what: str, fn: Callable[[], Any]) -> Any:
+        """``fn()``; an exception becomes an AssertionError naming the plugin and ``what``."""
+        try:
+            return fn()
+        except AssertionError:
+            raise
+        except Exception as exc:
+            raise AssertionError(f"{self.label}: {what} raised {type(exc).__name__}: {exc}"
+                                 ) from exc
+
+    def basics(self) -> None:
+        name, description = getattr(self.obj, "name", None), getattr(self.obj, "description", None)
+        self.that(isinstance(name, str) and name, "`name` must be a non-empty str")
+        self.that(isinstance(description, str) and description.strip(),
+                  "`description` must be a non-empty str")
+        problems = declared_problems(self.kind, self.obj)
+        self.that(not problems, "; ".join(problems))
+        self.that(isinstance(self.obj, PROTOCOLS[self.kind]),
+                  f"does not have the methods of wsss_bench.contracts."
+                  f"{PROTOCOLS[self.kind].__name__}")
+
+
+def _state(obj: Any) -> Any:
+    """A comparable snapshot of a plugin object (registered objects must never change)."""
+    if hasattr(obj, "__dict__"):
+        return {k: repr(v) for k, v in vars(obj).items()}
+    return repr(obj)
+
+
+# --- datasets -------------------------------------------------------------------------------
+
+def check_case(obj: Any, case: Any) -> None:
+    """One case of dataset ``obj``: float32 finite images [S,C,H,W], bool masks [S,H,W], a
+    CAM view exactly when ``obj.cam_view`` says so."""
+    c = _Check("datasets", obj)
+    c.that(isinstance(case, Case), f"yielded {type(case).__name__}, not a contracts.Case")
+    where = f"case {case.case_id!r}"
+    images, masks = case.images, case.masks
+    c.that(isinstance(images, np.ndarray) and images.dtype == np.float32,
+           f"{where}: images must be a float32 array, got {getattr(images, 'dtype', images)}")
+    c.that(np.isfinite(images).all(), f"{where}: images hold NaN or Inf")
+    c.that(isinstance(masks, np.ndarray) and masks.dtype == np.bool_,
+           f"{where}: masks must be a bool array, got {getattr(masks, 'dtype', masks)}")
+    c.that(len(images) > 0, f"{where}: no slices")
+    c.that((case.cam_images is not None) == obj.cam_view,
+           f"{where}: cam_view is {obj.cam_view} but the case "
+           f"{'has a' if case.cam_images is not None else 'has no'} CAM view (cam_images)")
+    if case.cam_images is not None:
+        view = case.cam_images
+        c.that(view.dtype == np.float32 and np.isfinite(view).all(),
+               f"{where}: cam_images must be finite float32")
+
+
+def check_dataset(obj: Any, data_dir: Path | None = None, max_cases: int = 2,
+                  scratch_dir: Path | None = None) -> None:
+    """A dataset: declared attributes, and ``max_cases`` of its cases (generated datasets;
+    a file dataset when ``data_dir`` is given, see :func:`check_file_dataset`). A file dataset
+    must pickle; with ``scratch_dir`` (an empty folder) a missing data folder must be a one-line
+    UsageError naming it; it needs an https archive with an md5 or a ``download_note``."""
+    c = _Check("datasets", obj)
+    c.basics()
+    if obj.reads_files:
+        c.that(isinstance(obj, FileDataset), "reads_files = True but it is not a FileDataset")
+        copied = c.call("pickling", lambda: pickle.loads(pickle.dumps(obj)))
+        c.that(copied == obj, "a pickled copy is not equal to it (workers decode copies)")
+        archive = obj.archive
+        if archive is not None:
+            c.that(archive.url.startswith("https://") and len(archive.md5) == 32,
+                   f"archive needs an https URL and a 32-digit md5, got {archive}")
+        else:
+            c.that(obj.download_note.strip(), "archive is None: say how to get the data in "
+                                              "download_note")
+        if scratch_dir is not None:
+            _check_missing_data(c, obj, Path(scratch_dir))
+        if data_dir is not None:
+            check_file_dataset(obj, data_dir, max_cases)
+        return
+    needs = obj.needs_data_dir
+    c.that(not needs or data_dir is not None, "needs_data_dir: pass data_dir to check it")
+    seen = 0
+    for case in c.call("cases()", lambda: iter(obj.cases(data_dir))):
+        check_case(obj, case)
+        seen += 1
+        if seen >= max_cases:
+            break
+    c.that(seen > 0, "cases() yielded no case")
+
+
+def _check_missing_data(c: _Check, obj: Any, scratch: Path) -> None:
+    from wsss_bench.errors import UsageError
+
+    for root in (scratch / "missing", scratch):
+        try:
+            obj.sources(root)
+        except UsageError as exc:
+            c.that("\n" not in str(exc) and str(root) in str(exc),
+                   f"sources({root}) must raise a one-line UsageError naming the folder, "
+                   f"got {exc!r}")
+        except Exception as exc:
+            raise AssertionError(f"{c.label}: sources({root}) of a folder without data raised "
+                                 f"{type(exc).__name__} ({exc}); raise "
+                                 f"wsss_bench.volumes.MissingData (a UsageError)") from exc
+        else:
+            raise AssertionError(f"{c.label}: sources({root}) of a folder without data "
+                                 f"returned instead of raising MissingData")
+
+
+def check_file_dataset(obj: Any, data_dir: Path, max_cases: int = 1) -> None:
+    """A file dataset on real data in ``data_dir``: ``sources`` lists CaseFiles of existing
+    files, ``load`` decodes the first ``max_cases`` of them into valid cases."""
+    c = _Check("datasets", obj)
+    c.basics()
+    c.that(obj.reads_files, "reads_files is False: use check_dataset")
+    sources = c.call(f"sources({data_dir})", lambda: obj.sources(Path(data_dir)))
+    c.that(isinstance(sources, list) and sources, "sources() must return a non-empty list")
+    for source in sources:
+        c.that(isinstance(source, CaseFiles), f"sources() listed {source!r}, not a CaseFiles")
+        for role, path in source.files.items():
+            c.that(Path(path).is_file(), f"case {source.case_id!r}: {role} file {path} missing")
+    for source in sources[:max_cases]:
+        case = c.call(f"load({source.case_id!r})", lambda s=source: obj.load(s))
+        c.that(case.case_id == source.case_id,
+               f"load() of {source.case_id!r} returned case {case.case_id!r}")
+        check_case(obj, case)
+
+
+# --- backbones ------------------------------------------------------------------------------
+
+def _calls(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    seen: list[Any] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    return logits, len(seen)
+
+
+def check_backbone(obj: Any, in_chans: int = 1, size: int = 64, real: str = "32") -> None:
+    """A backbone: ``build`` gives a module with 2 finite logits per image and
+    ``target_layer`` a submodule run once per forward pass, at every declared output stride.
+    ``real`` says which builds run on the CPU: ``"32"`` (default; the other strides on the
+    meta device: shapes only, no memory or compute), ``"all"`` or ``"none"`` (all on meta:
+    fast for large models)."""
+    if real not in ("32", "all", "none"):
+        raise ValueError(f"real must be '32', 'all' or 'none', got {real!r}")
+    c = _Check("backbones", obj)
+    c.basics()
+    for stride in obj.output_strides:
+        on_cpu = real == "all" or (real == "32" and stride == 32)
+        device = "cpu" if on_cpu else "meta"
+        kwargs = {} if stride == 32 else {"output_stride": stride}
+        state = torch.random.get_rng_state()
+        with torch.device(device):
+            model = c.call(f"build(output_stride={stride})",
+                           lambda k=kwargs: obj.build(in_chans=in_chans, num_classes=2,
+                                                      pretrained=False, **k))
+            x = torch.rand(2, in_chans, size, size)
+        torch.random.set_rng_state(state)
+        c.that(isinstance(model, nn.Module), f"build() returned {type(model).__name__}")
+        model.eval()
+        layer = c.call("target_layer()", lambda m=model: obj.target_layer(m))
+        c.that(any(layer is m for m in model.modules()),
+               "target_layer(model) must be a submodule of the model")
+        logits, calls = c.call(f"a forward pass at output stride {stride}",
+                               lambda m=model, t=layer, i=x: _calls(m, t, i))
+        c.that(tuple(logits.shape) == (2, 2), f"logits shape {tuple(logits.shape)}, not (2, 2)")
+        c.that(device == "meta" or torch.isfinite(logits).all(), "logits hold NaN or Inf")
+        c.that(calls == 1, f"the target layer ran {calls} times in one forward pass, not once")
+
+
+# --- CAM methods ----------------------------------------------------------------------------
+
+class TinyNet(nn.Module):
+    """A small CNN with a conv target layer (``.target``) and a spatially varying head."""
+
+    def __init__(self, in_chans: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU())
+        self.target = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU())
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.head(self.target(self.features(x))).mean(dim=(2, 3)))
+
+
+def tiny_net(seed: int = 0, flat: bool = False) -> TinyNet:
+    """A seeded TinyNet in eval mode; ``flat``: its target layer outputs a constant."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = TinyNet().eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    if flat:
+        with torch.no_grad():
+            model.target.weight.zero_()
+            model.target.bias.fill_(0.3)
+    return model
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+def cam_targets(b: int) -> dict[str, torch.Tensor | None]:
+    """Every target the core passes for a batch of ``b``, and a mixed one."""
+    return {"None": None, "ones": torch.ones(b, dtype=torch.long),
+            "mixed": torch.arange(b, dtype=torch.long) % 2}
+
+
+def check_cam(obj: Any, b: int = 4, h: int = 20, w: int = 28) -> None:
+    """A CAM method on :func:`tiny_net`, with every target (None, all ones, mixed): float
+    [B,H,W] at input resolution, finite, in [0, 1], no hooks or ``.grad`` left, grad mode and
+    parameters unchanged; None means each sample's predicted class; samples are independent;
+    a flat activation gives all zeros."""
+    c = _Check("cams", obj)
+    c.basics()
+    model = tiny_net()
+    before = copy.deepcopy(model.state_dict())
+    x = torch.rand(b, 1, h, w, generator=torch.Generator().manual_seed(1))
+    maps: dict[str, torch.Tensor] = {}
+    for label, target in cam_targets(b).items():
+        cam = c.call(f"cam(target={label})",
+                     lambda t=target: obj.cam(model, model.target, x, t))
+        where = f"cam(target={label})"
+        c.that(isinstance(cam, torch.Tensor), f"{where} returned {type(cam).__name__}")
+        c.that(tuple(cam.shape) == (b, h, w),
+               f"{where} has shape {tuple(cam.shape)}, expected {(b, h, w)} ([B,H,W])")
+        c.that(cam.is_floating_point(), f"{where} has dtype {cam.dtype}, not a float")
+        c.that(torch.isfinite(cam).all(), f"{where} holds NaN or Inf")
+        c.that(cam.min() >= 0 and cam.max() <= 1,
+               f"{where} is outside [0, 1] ({float(cam.min()):g} .. {float(cam.max()):g})")
+        c.that(_hooks(model) == 0, f"{where} left hooks on the model")
+        c.that(all(p.grad is None for p in model.parameters()),
+               f"{where} left a parameter .grad")
+        c.that(torch.is_grad_enabled(), f"{where} did not restore grad mode")
+        maps[label] = cam
+    c.that(all(torch.equal(before[k], v) for k, v in model.state_dict().items()),
+           "cam() changed the model's parameters or buffers")
+    with torch.no_grad():
+        predicted = model(x).argmax(dim=1)
+    by_class = obj.cam(model, model.target, x, predicted)
+    c.that(torch.allclose(maps["None"], by_class, atol=1e-5),
+           "target None must mean each sample's predicted class")
+    mixed = cam_targets(b)["mixed"]
+    single = torch.cat([obj.cam(model, model.target, x[i : i + 1], mixed[i : i + 1])
+                        for i in range(b)])
+    c.that(torch.allclose(maps["mixed"], single, atol=1e-5),
+           "a sample's map depends on the rest of its batch")
+    flat = tiny_net(flat=True)
+    flat_map = c.call("cam() of a flat activation",
+                      lambda: obj.cam(flat, flat.target, torch.full((2, 1, 16, 16), 0.5)))
+    c.that(torch.isfinite(flat_map).all() and not flat_map.any(),
+           "a flat activation must give an all-zero map (never NaN)")
+
+
+# --- ensembles ------------------------------------------------------------------------------
+
+def check_ensemble(obj: Any, b: int = 3, h: int = 6, w: int = 5) -> None:
+    """An ensemble: ``combine`` of bool[M,B,H,W] (M = 2, 3) is bool[B,H,W], leaves its input
+    alone and agrees with the declared ``pixel_rule``/``slice_rule``; ``fuse`` (when it
+    ``fuses``) gives finite float[B,H,W]."""
+    c = _Check("ensembles", obj)
+    c.basics()
+    rng = np.random.default_rng(0)
+    for m in (2, 3):
+        masks = rng.random((m, b, h, w)) < 0.4
+        original = masks.copy()
+        out = c.call(f"combine(bool{list(masks.shape)})", lambda x=masks: obj.combine(x))
+        out = np.asarray(out)
+        c.that(out.dtype == np.bool_, f"combine() returned dtype {out.dtype}, not bool")
+        c.that(out.shape == (b, h, w), f"combine() returned shape {out.shape}, expected "
+                                       f"{(b, h, w)} ([B,H,W])")
+        c.that(np.array_equal(masks, original), "combine() changed its input")
+        if obj.pixel_rule is not None:
+            want = masks.sum(axis=0) >= pixel_rule_count(obj.pixel_rule, m)
+            c.that(np.array_equal(out, want),
+                   f"combine() disagrees with its pixel_rule {obj.pixel_rule!r} (M={m})")
+        if obj.slice_rule is not None:
+            assert obj.slice_rule in SLICE_RULES
+            area = masks.sum(axis=(2, 3))
+            pick = area.argmax(axis=0) if obj.slice_rule == "largest" else area.argmin(axis=0)
+            want = masks[pick, np.arange(b)]
+            c.that(np.array_equal(out, want),
+                   f"combine() disagrees with its slice_rule {obj.slice_rule!r} (M={m})")
+        if obj.fuses:
+            cams = rng.random((m, b, h, w))
+            fused = np.asarray(c.call("fuse()", lambda x=cams: obj.fuse(x)))
+            c.that(fused.shape == (b, h, w) and np.issubdtype(fused.dtype, np.floating),
+                   f"fuse() must return float[B,H,W], got {fused.dtype}{list(fused.shape)}")
+            c.that(np.isfinite(fused).all(), "fuse() returned NaN or Inf")
+
+
+# --- filters --------------------------------------------------------------------------------
+
+def check_filter(obj: Any, shapes: Iterable[tuple[int, int, int, int]] = ((3, 1, 16, 24),
+                                                                          (2, 2, 17, 9))
+                 ) -> None:
+    """A filter: ``region`` of float32[B,C,H,W] is bool[B,H,W] and leaves its input alone; a
+    ``learned`` filter's ``fit`` returns a new filter and leaves itself unchanged."""
+    c = _Check("filters", obj)
+    c.basics()
+    for i, (b, ch, h, w) in enumerate(shapes):
+        rng = np.random.default_rng(i)
+        images = rng.random((b, ch, h, w)).astype(np.float32)
+        images[rng.random(images.shape) < 0.3] = 0.0
+        original = images.copy()
+        fitted = obj
+        if obj.learned:
+            masks = rng.random((b, h, w)) > 0.8
+            before = _state(obj)
+            fitted = c.call("fit()", lambda x=images, y=masks: obj.fit(x, y))
+            c.that(isinstance(fitted, PROTOCOLS["filters"]),
+                   f"fit() returned {type(fitted).__name__}, not a filter")
+            c.that(_state(obj) == before, "fit() changed the registered filter; return a new "
+                                          "one")
+        region = np.asarray(c.call(f"region(float32{[b, ch, h, w]})",
+                                   lambda f=fitted, x=images: f.region(x)))
+        c.that(region.dtype == np.bool_, f"region() returned dtype {region.dtype}, not bool")
+        c.that(region.shape == (b, h, w), f"region() returned shape {region.shape}, expected "
+                                          f"{(b, h, w)} ([B,H,W])")
+        c.that(np.array_equal(images, original), "region() changed its input")
+
+
+# --- any kind, every installed object -------------------------------------------------------
+
+CHECKS: dict[str, Callable[..., None]] = {
+    "datasets": check_dataset, "backbones": check_backbone, "cams": check_cam,
+    "ensembles": check_ensemble, "filters": check_filter,
+}
+
+
+def check_plugin(kind: str, obj: Any, **options: Any) -> None:
+    """The check of ``kind`` (one of :data:`wsss_bench.contracts.KINDS`) on ``obj``."""
+    if kind not in CHECKS:
+        raise ValueError(f"unknown plugin kind {kind!r}; one of {', '.join(KINDS)}")
+    CHECKS[kind](obj, **options)
+
+
+def contract_cases(registry: Any = None, names: Iterable[str] | None = None
+                   ) -> list[tuple[str, str]]:
+    """``(kind, name)`` of every registered object (families are not objects; their members
+    are checked by name), or of those called ``names``."""
+    from wsss_bench.registry import load_registry
+
+    registry = registry or load_registry()
+    wanted = None if names is None else set(names)
+    cases = [(kind, name) for kind in KINDS for name in registry.kind(kind)
+             if wanted is None or name in wanted]
+    if wanted is not None:
+        for kind in KINDS:  # names resolved through families (timm:<model>)
+            cases += [(kind, n) for n in sorted(wanted) if n not in registry.kind(kind)
+                      and _resolves(registry.kind(kind), n)]
+        found = {name for _, name in cases}
+        missing = sorted(wanted - found)
+        if missing:
+            raise AssertionError(f"no installed plugin object called {', '.join(missing)}")
+    return cases
+
+
+def _resolves(table: Any, name: str) -> bool:
+    try:
+        table.get_entry(name)
+    except Exception:
+        return False
+    return True
+
+
+def check_all(registry: Any = None, names: Iterable[str] | None = None, **options: Any
+              ) -> None:
+    """Check every registered object (or those called ``names``); one AssertionError lists
+    every failure. ``options`` (e.g. ``scratch_dir``) go to the dataset checks."""
+    from wsss_bench.registry import load_registry
+
+    registry = registry or load_registry()
+    failures = []
+    for kind, name in contract_cases(registry, names):
+        obj = registry.kind(kind).get_entry(name).obj
+        try:
+            check_plugin(kind, obj, **(options if kind == "datasets" else {}))
+        except AssertionError as exc:
+            failures.append(str(exc))
+    if failures:
+        raise AssertionError(f"{len(failures)} plugin(s) break their contract:\n"
+                             + "\n".join(failures))

@@ -298,6 +298,7 @@ DECLARED: dict[str, dict[str, Check]] = {
     "ensembles": {"symbol": _is_optional_str, "pixel_rule": _is_pixel_rule,
                   "slice_rule": _is_slice_rule, "fuses": _is_bool},
     "filters": {"learned": _is_bool},
+    "executors": {},
 }
 
 # methods a declared value promises: (attribute, value) -> methods that must then exist

@@ -20,7 +20,9 @@ from __future__ import annotations
 import copy
 import pickle
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,7 @@ from wsss_bench.contracts import (
 )
 
 SINGULAR = {"datasets": "dataset", "backbones": "backbone", "cams": "CAM method",
-            "ensembles": "ensemble", "filters": "filter"}
+            "ensembles": "ensemble", "filters": "filter", "executors": "executor"}
 
 
 class _Check:
@@ -384,9 +386,76 @@ def check_filter(obj: Any, shapes: Iterable[tuple[int, int, int, int]] = ((3, 1,
 
 # --- any kind, every installed object -------------------------------------------------------
 
+@dataclass(frozen=True)
+class KitUnit:
+    """A unit of the executor check: picklable, with the methods units have."""
+
+    n: int
+
+    def describe(self) -> str:
+        return f"kit unit {self.n}"
+
+    def portable(self) -> KitUnit:
+        return self
+
+
+@dataclass(frozen=True)
+class KitContext:
+    """A context of the executor check: picklable, with what executors may use."""
+
+    device: str = "cpu"
+    threads: int = 1
+    plan: Any = field(default_factory=lambda: SimpleNamespace(devices=()))
+
+    def on(self, device: str) -> KitContext:
+        return replace(self, device=device)
+
+    def portable(self, units: Any) -> KitContext:
+        return self
+
+
+def kit_square(unit: KitUnit, context: KitContext) -> tuple[int, str]:
+    """The executor check's stage: the unit's number squared, and where it ran."""
+    return unit.n * unit.n, context.device
+
+
+def kit_fail(unit: KitUnit, context: KitContext) -> int:
+    """A stage whose unit 3 always fails."""
+    if unit.n == 3:
+        raise RuntimeError("kit unit 3 fails on purpose")
+    return unit.n
+
+
+def check_executor(obj: Any, trial: bool = True) -> None:
+    """An executor: its attributes, then (``trial``) a stage over 5 units that must yield
+    every unit exactly once with its own result, and a failing unit that must end the run
+    with UnitFailed naming it, after the finished units."""
+    from wsss_bench.executors import UnitFailed
+
+    c = _Check("executors", obj)
+    c.basics()
+    if not trial:
+        return
+    units = [KitUnit(n) for n in range(5)]
+    got = c.call("run(stage, units, context)",
+                 lambda: list(obj.run(kit_square, units, KitContext())))
+    c.that(sorted(u.n for u, _ in got) == list(range(5)),
+           f"yielded units {[u for u, _ in got]}, not each of the 5 units once")
+    c.that(all(r == (u.n * u.n, "cpu") for u, r in got),
+           "yielded a result that is not its unit's stage(unit, context)")
+    try:
+        list(obj.run(kit_fail, units, KitContext()))
+    except UnitFailed as exc:
+        c.that("kit unit 3" in str(exc), f"UnitFailed does not name the unit: {exc}")
+    except Exception as exc:  # noqa: BLE001
+        c.that(False, f"a failing unit raised {type(exc).__name__}, not UnitFailed: {exc}")
+    else:
+        c.that(False, "a unit whose stage raised did not end the run with UnitFailed")
+
+
 CHECKS: dict[str, Callable[..., None]] = {
     "datasets": check_dataset, "backbones": check_backbone, "cams": check_cam,
-    "ensembles": check_ensemble, "filters": check_filter,
+    "ensembles": check_ensemble, "filters": check_filter, "executors": check_executor,
 }
 
 

@@ -123,7 +123,7 @@ class Context:
 def regions(filt: Any, data: SliceSet, train: np.ndarray) -> np.ndarray:
     """``filt``'s region of every slice, in chunks; a learned filter is first fitted (a copy)
     on the ``train`` slices only."""
-    if getattr(filt, "learned", hasattr(filt, "fit")):
+    if filt.learned:
         filt = filt.fit(np.asarray(data.images[train], dtype=np.float32), data.masks[train])
     parts = [np.asarray(filt.region(np.asarray(data.images[s : s + REGION_CHUNK],
                                                dtype=np.float32)), dtype=bool)

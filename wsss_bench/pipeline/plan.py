@@ -187,6 +187,8 @@ class Plan:
             neutral = getattr(configured[n], "key_neutral", {})
             key_settings[n] = {k: v for k, v in values.items()
                                if k not in neutral or neutral[k] != v}
+        for n in config.ensembles:  # declared since, options before: kept in the keys
+            key_settings[n] = {**_ensemble_declared(configured[n]), **key_settings[n]}
         return cls(
             config=config, device=str(device),
             amp=_switch(config.amp, device.type), channels_last=_switch(config.channels_last,
@@ -196,8 +198,7 @@ class Plan:
             plugin_settings=plugin_settings, key_settings=key_settings,
             versions=plugin_versions(registry, names),
             weights=_resolve_weights(config, {n: configured[n] for n in config.backbones}),
-            reads_files=bool(getattr(configured[config.dataset], "reads_files",
-                                     hasattr(configured[config.dataset], "sources"))),
+            reads_files=configured[config.dataset].reads_files,
             executor=executor, executor_options=dict(config.options.get(executor, {})),
             devices=devices, force=frozenset(force),
             options={k: dict(v) for k, v in config.options.items()})
@@ -313,6 +314,15 @@ class Plan:
                     units.append(EvalUnit(c, f, e, group, seed, fold_set, keys,
                                           tuple(keys_of(k, c, group) for k in fold_set)))
         return tuple(units)
+
+
+def _ensemble_declared(ensemble: Any) -> dict[str, Any]:
+    """An ensemble's ``symbol`` and ``slice_rule`` as its evaluate units' keys have always
+    held them (they were options before they became declared attributes)."""
+    out = {"symbol": ensemble.symbol}
+    if ensemble.slice_rule is not None:
+        out["slice_rule"] = ensemble.slice_rule
+    return out
 
 
 def _switch(value: str, device_type: str) -> bool:

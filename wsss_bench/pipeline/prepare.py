@@ -44,7 +44,7 @@ def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
         try:
             data = slice_cache.prepare(*args, force=force)
         except MissingData:
-            archive = getattr(dataset, "archive", None)
+            archive = dataset.archive
             if archive is None:
                 raise
             reporter.summary(f"[bold]download[/] {dataset.name}: no data in {data_dir(plan)}, "

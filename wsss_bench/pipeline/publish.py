@@ -62,7 +62,7 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
             for unit, result in done:
                 ensemble = ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
                 res = MethodResult(unit.group, unit.cam, unit.ensemble, unit.filter,
-                                   getattr(ensemble, "symbol", None) if ensemble else None)
+                                   ensemble.symbol if ensemble else None)
                 res = results.setdefault(res.method, res)
                 res.thresholds.append(result["thresholds"])
                 res.folds.append(result["metrics"])
@@ -89,7 +89,7 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
 def results_key(unit: EvalUnit, ctx: Context) -> str:
     ensemble = ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
     return MethodResult(unit.group, unit.cam, unit.ensemble, unit.filter,
-                        getattr(ensemble, "symbol", None) if ensemble else None).method
+                        ensemble.symbol if ensemble else None).method
 
 
 def _row(plan: Plan, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:

@@ -60,14 +60,13 @@ def build(ctx: Context, name: str) -> tuple[torch.nn.Module, int, list[str]]:
     pretrained = weights_argument(plan, backbone)
     kwargs = dict(in_chans=plan.in_chans, num_classes=2, pretrained=pretrained)
     if stride != 32:
-        strides = getattr(backbone, "output_strides", None)
-        if strides is None or stride in strides:
+        if stride in backbone.output_strides:
             try:
                 return backbone.build(**kwargs, output_stride=stride), stride, []
-            except (TypeError, ValueError) as exc:  # TypeError: build() has no output_stride
+            except ValueError as exc:  # e.g. an input too small for this stride
                 reason = str(exc)
         else:
-            reason = f"output stride {stride} not supported (only {strides})"
+            reason = f"output stride {stride} not supported (declares {backbone.output_strides})"
         if plan.config.output_stride != "auto":
             raise UsageError(f"backbone {name!r}: {reason}; pass --output-stride 32 or auto")
         notes = [f"[bold]backbone[/] {name}: output stride 32 ({reason})"]

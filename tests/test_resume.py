@@ -48,35 +48,38 @@ def run_until(workdir: Path, boards: Path, line_start: str, sig: int) -> tuple[i
 
 def test_killed_during_cams_and_during_training_then_resumed(tmp_path):
     work, boards = tmp_path / "w", tmp_path / "b"
-    # 1. killed while making the CAMs of the first classifier (its training has finished)
+    # 1. killed while training the second classifier (the first one's training has finished)
     code, log1 = run_until(work, boards, "train resnet18 fold 1/2:", signal.SIGKILL)
     assert code == -signal.SIGKILL
     trained = units(work, "train")
     assert len(trained) == 1 and units(work, "cams") == {}
     assert not (boards / "phantom.json").exists()
 
-    # 2. resumed, then killed while training the second classifier
+    # 2. resumed (the 3 other classifiers trained, the stored one reused), then killed while
+    #    making the CAMs of the second classifier
     code, log2 = run_until(work, boards, "cams smoothgradcam++ resnet18 fold 1/2:",
                            signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert any(line.startswith("train resnet18 fold 1/2: reused") for line in log2)
-    assert units(work, "train") == trained  # not retrained: same unit, same timestamp
+    assert sum("epochs, loss" in line for line in log2) == 3  # only the 3 unfinished units
+    all_trained = units(work, "train")
+    assert len(all_trained) == 4 and all(all_trained[k] == v for k, v in trained.items())
     mapped = units(work, "cams")
     assert len(mapped) == 1
 
-    # 3. resumed to the end
+    # 3. resumed to the end: nothing trained again, the finished CAM unit reused
     done = subprocess.run([sys.executable, "-m", "wsss_bench.cli", "run", *ARGS, "--workdir",
                            str(work), "--leaderboard-dir", str(boards)], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr
     log3 = done.stderr.splitlines()
-    assert any(line.startswith("train resnet18 fold 1/2: reused") for line in log3)
+    assert sum(": reused (unit" in line and line.startswith("train") for line in log3) == 4
     assert any(line.startswith("cams smoothgradcam++ resnet18 fold 1/2: reused")
                for line in log3)
-    assert sum("epochs, loss" in line for line in log3) == 3  # only the 3 unfinished units
-    final_train = units(work, "train")
-    assert len(final_train) == 4 and all(final_train[k] == v for k, v in trained.items())
+    assert sum("epochs, loss" in line for line in log3) == 0
+    assert units(work, "train") == all_trained
     assert all(units(work, "cams")[k] == v for k, v in mapped.items())
+    assert len(units(work, "cams")) == 4
 
     # the same leaderboard as an uninterrupted run
     clean = subprocess.run([sys.executable, "-m", "wsss_bench.cli", "run", *ARGS, "-q",

@@ -1,8 +1,9 @@
 """The artifact store: reuse, adding plugins trains nothing, --force, clean, seeds,
-reproducibility, side-by-side devices."""
+reproducibility."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pytest
 
 import wsss_bench
 from tests.test_cli import SMALL, run_captured, run_main
-from wsss_bench.progress import Reporter
-from wsss_bench.runner import RunConfig, Runner
+from wsss_bench.pipeline.plan import Plan
+from wsss_bench.pipeline.settings import RunConfig
 from wsss_bench.store import Store, clean
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
@@ -112,30 +113,6 @@ def test_seeds_average_over_seeds_and_folds(tmp_path):
     assert all(r["seeds"] == [0, 1] for r in board["rows"] if r["source"] == "measured")
 
 
-def test_units_side_by_side_on_two_devices_equal_one_device(tmp_path):
-    registry = wsss_bench.load_registry()
-    small = {"options": {"phantom": {"n_cases": "6", "n_slices": "8"}}, "folds": 2,
-             "epochs": 1, "batch_size": 8, "ensembles": ("and",)}
-    rows = {}
-    for name, devices in (("one", ()), ("two", ("cpu", "cpu"))):
-        config = RunConfig(**small, devices=devices, workdir=str(tmp_path / name))
-        result, _ = Runner(config, registry, Reporter(quiet=True)).run()
-        rows[name] = {r["method"]: r["metrics"] for r in result}
-        assert len(units(tmp_path / name, "train")) == 4
-    assert rows["one"] == rows["two"]
-    # --force train on two devices: the workers retrain, the main pass does not redo it
-    before = units(tmp_path / "two", "train")
-    config = RunConfig(**small, devices=("cpu", "cpu"), workdir=str(tmp_path / "two"),
-                       force=("train",))
-    result, _ = Runner(config, registry, Reporter(quiet=True)).run()
-    after = units(tmp_path / "two", "train")
-    assert set(after) == set(before) and all(after[k] > before[k] for k in before)
-    made = [json.loads((tmp_path / "two" / "units" / "train" / k / "unit.json").read_text())
-            for k in after]
-    assert len({m["pid"] for m in made}) == 2  # made by the two workers, not the main process
-    assert {r["method"]: r["metrics"] for r in result} == rows["one"]
-
-
 def test_store_write_is_atomic(tmp_path):
     store = Store(tmp_path)
 
@@ -153,13 +130,12 @@ def test_store_write_is_atomic(tmp_path):
 
 def test_unit_keys_change_with_options_and_plugin_release(tmp_path):
     registry = wsss_bench.load_registry()
-    runner = Runner(RunConfig(workdir=str(tmp_path)), registry, Reporter(quiet=True))
-    key, description = runner.cam_key("t" * 20, "gradcam")
+    plan = Plan.build(RunConfig(workdir=str(tmp_path)), registry)
+    key, description = plan.cam_key("t" * 20, "gradcam")
     assert description["plugin"].startswith("wsss-bench ")
-    runner.versions["gradcam"] = "wsss-bench 99.0"
-    assert runner.cam_key("t" * 20, "gradcam")[0] != key
-    other = Runner(RunConfig(workdir=str(tmp_path), cam_target="predicted"), registry,
-                   Reporter(quiet=True))
+    newer = dataclasses.replace(plan, versions={**plan.versions, "gradcam": "wsss-bench 99.0"})
+    assert newer.cam_key("t" * 20, "gradcam")[0] != key
+    other = Plan.build(RunConfig(workdir=str(tmp_path), cam_target="predicted"), registry)
     assert other.cam_key("t" * 20, "gradcam")[0] != key
     assert other.evaluate_key(["a"], "and", "none", ["c1"])[0] != other.evaluate_key(
         ["a"], "or", "none", ["c1"])[0]

@@ -429,7 +429,7 @@ def kit_fail(unit: KitUnit, context: KitContext) -> int:
 def check_executor(obj: Any, trial: bool = True) -> None:
     """An executor: its attributes, then (``trial``) a stage over 5 units that must yield
     every unit exactly once with its own result, and a failing unit that must end the run
-    with UnitFailed naming it, after the finished units."""
+    with UnitFailed naming it, after every other unit finished and was yielded."""
     from wsss_bench.executors import UnitFailed
 
     c = _Check("executors", obj)
@@ -443,10 +443,14 @@ def check_executor(obj: Any, trial: bool = True) -> None:
            f"yielded units {[u for u, _ in got]}, not each of the 5 units once")
     c.that(all(r == (u.n * u.n, "cpu") for u, r in got),
            "yielded a result that is not its unit's stage(unit, context)")
+    finished: list[int] = []
     try:
-        list(obj.run(kit_fail, units, KitContext()))
+        for unit, _ in obj.run(kit_fail, units, KitContext()):
+            finished.append(unit.n)
     except UnitFailed as exc:
         c.that("kit unit 3" in str(exc), f"UnitFailed does not name the unit: {exc}")
+        c.that(sorted(finished) == [0, 1, 2, 4],
+               f"before UnitFailed it yielded units {sorted(finished)}, not every other unit")
     except Exception as exc:  # noqa: BLE001
         c.that(False, f"a failing unit raised {type(exc).__name__}, not UnitFailed: {exc}")
     else:

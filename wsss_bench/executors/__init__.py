@@ -20,6 +20,6 @@ class UnitFailed(UsageError):
     def __init__(self, unit: Any, cause: BaseException | str) -> None:
         if not isinstance(cause, str):
             lines = str(cause).strip().splitlines()
-            cause = f"{type(cause).__name__}: {lines[-1]}" if lines else type(cause).__name__
+            cause = f"{type(cause).__name__}: {lines[0][:300]}" if lines else type(cause).__name__
         super().__init__(f"unit {unit.describe()} failed: {cause}; finished units are kept: "
                          f"fix the cause and run the same command again to resume")

@@ -17,11 +17,14 @@ class LocalExecutor:
 
     def run(self, stage: Callable[[Any, Any], Any], units: Sequence[Any], context: Any
             ) -> Iterator[tuple[Any, Any]]:
+        failed: UnitFailed | None = None  # the first unit that failed for good
         for unit in units:
             try:
                 result = stage(unit, context)
-            except (UsageError, KeyboardInterrupt, MemoryError):
-                raise
             except Exception as exc:  # noqa: BLE001 (named with its unit, one line)
-                raise UnitFailed(unit, exc) from exc
+                failed = failed or UnitFailed(unit, str(exc) if isinstance(exc, UsageError)
+                                              else exc)
+                continue  # the other units go on: what finishes is kept
             yield unit, result
+        if failed is not None:
+            raise failed

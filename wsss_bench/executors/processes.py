@@ -44,6 +44,7 @@ class ProcessesExecutor:
             queue.put(device)
         pool = ProcessPoolExecutor(len(devices), mp_context=spawn, initializer=_start,
                                    initargs=(context, queue, torch.get_num_threads()))
+        failed: UnitFailed | None = None  # the first unit that failed for good
         try:
             futures = {pool.submit(_call, stage, unit): unit for unit in units}
             pending = set(futures)
@@ -56,11 +57,13 @@ class ProcessesExecutor:
                     except BrokenProcessPool:
                         raise UnitFailed(unit, "a worker process died (out of memory?); use "
                                          "fewer devices or a smaller --batch-size") from None
-                    except UsageError:
-                        raise
                     except Exception as exc:  # noqa: BLE001 (named with its unit, one line)
-                        raise UnitFailed(unit, exc) from exc
+                        failed = failed or (exc if isinstance(exc, UnitFailed)
+                                            else UnitFailed(unit, exc))
+                        continue  # the other units go on: what finishes is kept
                     yield unit, result
+            if failed is not None:
+                raise failed
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -55,6 +55,7 @@ class RayExecutor:
         shared = ray.put(context.portable(units))  # once per stage, not per task
         refs = {task.remote(stage, unit.portable(), shared, cuda): unit for unit in units}
         pending = list(refs)
+        failed: UnitFailed | None = None  # the first unit that failed for good
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -64,13 +65,16 @@ class RayExecutor:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
                         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                        if isinstance(cause, UsageError):
-                            raise UnitFailed(unit, str(cause)) from None
-                        raise UnitFailed(unit, cause) from None
+                        failed = failed or UnitFailed(
+                            unit, str(cause) if isinstance(cause, UsageError) else cause)
+                        continue  # the other units go on: what finishes is kept
                     except ray.exceptions.RayError as exc:  # the worker died on every try
-                        raise UnitFailed(unit, f"{type(exc).__name__} after "
-                                         f"{self.max_retries} retries") from None
+                        failed = failed or UnitFailed(unit, f"{type(exc).__name__} after "
+                                                      f"{self.max_retries} retries")
+                        continue
                     yield unit, result
+            if failed is not None:
+                raise failed
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

@@ -127,7 +127,11 @@ def test_across_folds_run_uses_one_tuple_per_row_with_its_own_units(tmp_path):
 def check_against_stored_cams(workdir, row):
     """The row's tuple is the best mean, over folds, of the training grids of its stored
     CAMs (brute force over the grid with metrics.score)."""
-    from wsss_bench.runner import RunConfig, Runner
+    from wsss_bench.pipeline.context import Context
+    from wsss_bench.pipeline.plan import Plan
+    from wsss_bench.pipeline.prepare import prepare
+    from wsss_bench.pipeline.settings import RunConfig
+    from wsss_bench.progress import Reporter
 
     config = RunConfig(**{**row["run"]["config"], "backbones": tuple(row["backbones"]),
                           "cams": tuple(row["run"]["config"]["cams"]),
@@ -135,15 +139,21 @@ def check_against_stored_cams(workdir, row):
                           "filters": tuple(row["run"]["config"]["filters"]),
                           "seeds": tuple(row["run"]["config"]["seeds"]),
                           "force": (), "devices": (), "workdir": str(workdir)})
-    runner = Runner(config, load_registry())
-    data = runner.load_data()
+    registry = load_registry()
+    plan = Plan.build(config, registry)
+    ctx = Context(plan, None, None, plan.device, registry=registry)  # type: ignore[arg-type]
+    data = prepare(plan, ctx.plugin("datasets", config.dataset), Reporter(quiet=True))
     folds = json.loads((workdir / "phantom" / "folds.json").read_text())["folds"]
-    grid = runner.grid
+    # the plan's unit keys are those the run stored (deterministic): no retraining here
+    plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
+    ctx = Context(plan, data, workdir / "units", plan.device, registry=registry)
+    grid = plan.grid
     ens = ENSEMBLES["and"]
     fold_data, val_data = [], []
     for k in range(len(folds)):
-        train, val = runner._split(data, folds, k)
-        keys = runner._fold_cams(data, folds, config.seed, k)["gradcam"]
+        train, val = ctx.split(k)
+        keys = {u.train.backbone: u.keys["gradcam"][0] for u in plan.cams
+                if (u.train.seed, u.train.fold) == (config.seed, k)}
         cams = np.stack([np.load(workdir / "units" / "cams" / keys[b] / "cams.npy")
                          .astype(np.float64) for b in row["backbones"]])
         fold_data.append((cams[:, train], data.masks[train], data.case_ids[train]))

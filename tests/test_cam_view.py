@@ -144,20 +144,24 @@ def test_the_runner_gives_cams_the_cam_view_and_filters_and_training_the_trainin
     """A phantom run whose slices carry a recognisable CAM view (the training images
     negated): every CAM call gets the CAM view; training, the prediction (the gate) and the
     filter itself get the training images."""
-    from wsss_bench import runner as runner_module
-    from wsss_bench.runner import RunConfig, Runner
+    from wsss_bench.pipeline import cams as cams_module
+    from wsss_bench.pipeline import prepare as prepare_module
+    from wsss_bench.pipeline import run as run_module
+    from wsss_bench.pipeline import train as train_module
+    from wsss_bench.pipeline.run import run
+    from wsss_bench.pipeline.settings import RunConfig
 
     seen: dict[str, list[np.ndarray]] = {"cams": [], "train": [], "filter": [], "predict": []}
-    real_load = Runner.load_data
+    real_prepare = prepare_module.prepare
 
-    def load_data(self):
-        data = real_load(self)
+    def prepare(plan, dataset, reporter):
+        data = real_prepare(plan, dataset, reporter)
         images = np.asarray(data.images)
         return SliceSet(images, data.masks, data.case_ids, data.slice_index, data.origin,
                         cam_images=-images)
 
-    real_cams, real_train = runner_module.compute_cams, runner_module.train_classifier
-    real_predict = runner_module.predict
+    real_cams, real_train = cams_module.compute_cams, train_module.train_classifier
+    real_predict = train_module.predict
     center_box = type(load_registry().filters["center-box"])
     real_region = center_box.region
 
@@ -177,15 +181,17 @@ def test_the_runner_gives_cams_the_cam_view_and_filters_and_training_the_trainin
         seen["predict"].append(np.asarray(images))
         return real_predict(model, images, *args, **kwargs)
 
-    monkeypatch.setattr(Runner, "load_data", load_data)
-    monkeypatch.setattr(runner_module, "compute_cams", compute_cams)
-    monkeypatch.setattr(runner_module, "train_classifier", train_classifier)
+    # where the pipeline looks them up (the local executor runs every unit in this process)
+    monkeypatch.setattr(prepare_module, "prepare", prepare)
+    monkeypatch.setattr(run_module, "prepare", prepare)  # run.py imports the name
+    monkeypatch.setattr(cams_module, "compute_cams", compute_cams)
+    monkeypatch.setattr(train_module, "train_classifier", train_classifier)
     monkeypatch.setattr(center_box, "region", region)
-    monkeypatch.setattr(runner_module, "predict", predict)
+    monkeypatch.setattr(train_module, "predict", predict)
     config = RunConfig(backbones=("resnet18",), ensembles=(), epochs=1, folds=2,
                        filters=("center-box",), workdir=str(tmp_path / "w"), device="cpu",
                        options={"phantom": {"n_cases": "4", "n_slices": "4", "size": "32"}})
-    Runner(config, load_registry()).run()
+    run(config, load_registry())
     assert len(seen["cams"]) == 2 and len(seen["train"]) == 2 and len(seen["predict"]) == 2
     assert seen["filter"]  # the filter's own region() calls, one per chunk and fold
     for images in seen["cams"]:
@@ -202,7 +208,7 @@ def test_predicted_class_is_decided_on_the_cam_view():
     import torch
     from torch import nn
 
-    from wsss_bench.runner import compute_cams
+    from wsss_bench.pipeline.cams import compute_cams
 
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 2, 3, padding=1)

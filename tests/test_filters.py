@@ -12,7 +12,7 @@ import wsss_bench
 from wsss_bench import options
 from wsss_bench.contracts import Filter
 from wsss_bench.errors import UsageError
-from wsss_bench.runner import _regions
+from wsss_bench.pipeline.context import regions
 from wsss_bench.slices import SliceSet
 from wsss_bench_plugins.filters import (
     Brain,
@@ -386,8 +386,8 @@ def fold_data(val_masks: bool) -> SliceSet:
 @pytest.mark.parametrize("name", FILTERS)
 def test_validation_masks_do_not_change_regions(name):
     flt = REGISTRY.filters[name]
-    with_lesions = _regions(flt, fold_data(True), TRAIN)
-    without = _regions(flt, fold_data(False), TRAIN)
+    with_lesions = regions(flt, fold_data(True), TRAIN)
+    without = regions(flt, fold_data(False), TRAIN)
     assert with_lesions.dtype == bool and with_lesions.shape == (8, 32, 40)
     np.testing.assert_array_equal(with_lesions, without)
 
@@ -396,7 +396,7 @@ def test_learned_box_region_comes_from_training_lesions_only():
     # training lesions: rows 10..18, cols 8..25; margin round(0.05·32) = 2, round(0.05·40) = 2
     expected = box_plane(32, 40, (8, 20), (6, 27))
     for val_masks in (True, False):
-        region = _regions(REGISTRY.filters["learned-box"], fold_data(val_masks), TRAIN)
+        region = regions(REGISTRY.filters["learned-box"], fold_data(val_masks), TRAIN)
         for plane in region:
             np.testing.assert_array_equal(plane, expected)
     assert REGISTRY.filters["learned-box"].box is None  # the shared object never changes
@@ -424,7 +424,7 @@ class FitSpy:
 def test_fit_sees_training_slices_only(name):
     data = fold_data(True)
     spy = FitSpy(REGISTRY.filters[name])
-    region = _regions(spy, data, TRAIN)
+    region = regions(spy, data, TRAIN)
     assert len(spy.calls) == 1
     images, masks = spy.calls[0]
     np.testing.assert_array_equal(images, data.images[TRAIN])
@@ -439,11 +439,11 @@ def test_folds_do_not_leak_into_each_other():
     flt = REGISTRY.filters["learned-box"]
     data = fold_data(False)
     other = np.array([0, 2, 5, 6, 7])
-    first = _regions(flt, data, TRAIN)
-    second = _regions(flt, data, other)
-    np.testing.assert_array_equal(second, _regions(LearnedBox(), data, other))
+    first = regions(flt, data, TRAIN)
+    second = regions(flt, data, other)
+    np.testing.assert_array_equal(second, regions(LearnedBox(), data, other))
     assert not np.array_equal(first, second)  # different training lesions, different boxes
-    np.testing.assert_array_equal(_regions(flt, data, TRAIN), first)
+    np.testing.assert_array_equal(regions(flt, data, TRAIN), first)
 
 
 # ---------------------------------------------------------------- contract over the registry

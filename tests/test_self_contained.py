@@ -142,8 +142,8 @@ def test_doc_paths_picks_repository_paths_only():
 
 
 def test_the_path_check_catches_a_missing_file(checkout):
-    text = ("`wsss_bench/metrics.py`, `wsss_bench_plugins/`, `runs/units` (a run's output), `dataset.json`, "
-            "`docs/missing.md`, `tests/test_docs.py::test_no_such_test`, "
+    text = ("`wsss_bench/metrics.py`, `wsss_bench_plugins/`, `runs/units` (a run's output), "
+            "`dataset.json`, `docs/missing.md`, `tests/test_docs.py::test_no_such_test`, "
             "`tests/test_docs.py::test_readme_starts_with_install_and_run_then_test_command`")
     assert missing_paths("X.md", text) == [
         "X.md: `docs/missing.md`", "X.md: `tests/test_docs.py::test_no_such_test` (no such test)"]

@@ -14,8 +14,14 @@ import wsss_bench
 from tests.test_cli import run_main
 from tests.test_download import Server, server  # noqa: F401 (fixture)
 from wsss_bench.errors import UsageError
+from wsss_bench.pipeline.context import Context
+from wsss_bench.pipeline.folds import split
+from wsss_bench.pipeline.plan import Plan, weights_argument
+from wsss_bench.pipeline.prepare import prepare
+from wsss_bench.pipeline.run import run
+from wsss_bench.pipeline.settings import RunConfig
+from wsss_bench.pipeline.train import build
 from wsss_bench.progress import Reporter
-from wsss_bench.runner import RunConfig, Runner
 from wsss_bench.weights import find_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,26 +57,32 @@ def test_weights_dir_is_loaded_and_recorded(tmp_path):
     config = RunConfig(backbones=("resnet18",), ensembles=(), weights=str(tmp_path),
                        options={"phantom": {"n_cases": "6", "n_slices": "8"}}, folds=2,
                        epochs=1, batch_size=8, workdir=str(tmp_path / "w"))
-    runner = Runner(config, REGISTRY, Reporter(quiet=True))
-    source = runner.weights_used["resnet18"]
+    plan = Plan.build(config, REGISTRY)
+    source = plan.weights["resnet18"]
     assert source.startswith(f"file {tmp_path / 'resnet18.pth'} (")
-    data = runner.load_data()
-    model = runner._build(runner.backbones["resnet18"], data)
+    ctx = Context(plan, None, None, plan.device, registry=REGISTRY)  # type: ignore[arg-type]
+    data = prepare(plan, ctx.plugin("datasets", config.dataset), Reporter(quiet=True))
+    plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(),
+                          split(config, data))
+    ctx = Context(plan, data, tmp_path / "w" / "units", plan.device, registry=REGISTRY)
+    model, _, _ = build(ctx, "resnet18")
     torch.testing.assert_close(model.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
     # 3 → 1 input channel: the stem is the sum over the RGB filters (timm's adapt_input_conv)
     torch.testing.assert_close(model.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
-    rows, _ = runner.run()
+    rows, _ = run(config, REGISTRY)
     assert rows[0]["run"]["effective"]["weights"] == {"resnet18": source}
-    random_key = Runner(RunConfig(**{**config.__dict__, "weights": None}), REGISTRY,
-                        Reporter(quiet=True))
-    job_key = runner.train_key(data, [["phantom_000"]] * 2, _job())[0]
-    assert job_key != random_key.train_key(data, [["phantom_000"]] * 2, _job())[0]
+    random_plan = Plan.build(RunConfig(**{**config.__dict__, "weights": None}), REGISTRY)
+    assert random_plan.weights["resnet18"] == "random"
+    folds = [["phantom_000"]] * 2
+    job_key = _train_key(plan, data, folds)
+    assert job_key != _train_key(random_plan, data, folds)
 
 
-def _job():
-    from wsss_bench.runner import Job
-
-    return Job(0, 0, "resnet18")
+def _train_key(plan: Plan, data, folds: list[list[str]]) -> str:
+    """The key of the train unit (seed 0, fold 0, resnet18) of ``plan`` on ``data``."""
+    plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
+    [unit] = [u for u in plan.train if (u.seed, u.fold, u.backbone) == (0, 0, "resnet18")]
+    return unit.key
 
 
 @pytest.mark.slow
@@ -110,8 +122,10 @@ def test_unreachable_hub_falls_back_to_random_and_says_so(tmp_path, monkeypatch)
     config = RunConfig(backbones=("resnet18", "resnet34"), ensembles=(), pretrained=True,
                        workdir=str(tmp_path / "w"))
     with pytest.warns(UserWarning, match="cannot be reached") as caught:
-        runner = Runner(config, REGISTRY, Reporter(quiet=True))
+        plan = Plan.build(config, REGISTRY)
     assert len(caught) == 1  # after the first failure the hub is not tried again
-    assert runner.weights_used["resnet18"].startswith("random (hub unreachable")
-    assert runner.weights_used["resnet34"] == runner.weights_used["resnet18"]
-    assert runner.pretrained_arg("resnet18") is False
+    assert plan.weights["resnet18"].startswith("random (hub unreachable")
+    assert plan.weights["resnet34"] == plan.weights["resnet18"]
+    backbone = Context(plan, None, None, plan.device,  # type: ignore[arg-type]
+                       registry=REGISTRY).plugin("backbones", "resnet18")
+    assert weights_argument(plan, backbone) is False

@@ -1,5 +1,8 @@
 """Threshold calibration: pick one CAM threshold per backbone on a grid, exactly.
 
+(Over 300 lines because the exact one-pass histogram counts of every ensemble rule belong
+together with the grid search they feed; splitting them would scatter one algorithm.)
+
 A pixel is positive iff ``cam > t`` (strict; compared exactly, in float64), so ``t = 1.0``
 gives an empty mask for CAMs in [0, 1]. CAMs outside a filter's region are zeroed first.
 For M >= 2 backbones an ensemble combines the M binary masks. Every point of the product

@@ -1,4 +1,8 @@
-"""The ``wsss-bench`` command line: ``plugins``, ``run``, ``download``, ``leaderboard``."""
+"""The ``wsss-bench`` command line: ``plugins``, ``run``, ``download``, ``leaderboard``.
+
+(Over 300 lines because every ``run`` flag and its help text is declared here, next to the
+one-line error handling of the whole command.)
+"""
 
 from __future__ import annotations
 

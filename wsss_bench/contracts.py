@@ -1,5 +1,8 @@
 """The plugin contracts: what each kind of plugin object must provide.
 
+(Over 300 lines on purpose: every contract and every declared attribute lives in this one
+module, so a plugin author reads one file.)
+
 A plugin registers objects with a unique ``name`` and a one-line ``description``. The
 Protocols below are structural: any object with these attributes and methods qualifies.
 Arrays are NumPy unless a signature says ``torch.Tensor``.

@@ -1,6 +1,8 @@
 """The plugin contract test kit: check one plugin object (or every installed one) against its
 contract in :mod:`wsss_bench.contracts`.
 
+(Over 300 lines on purpose: one check per plugin kind, shipped as one importable module.)
+
 For plugin authors, in their own repository::
 
     from wsss_bench.testing import check_cam, check_all

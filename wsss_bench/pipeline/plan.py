@@ -1,5 +1,8 @@
 """The plan: every unit of a run listed up front, as plain picklable data with its key.
 
+(Over 300 lines because every unit key's description is built here, in one place, exactly as
+the store has always had it.)
+
 :meth:`Plan.build` validates the settings and resolves everything once (plugins and their
 options, versions, initial weights, device, precision). The prepare unit (the slice cache) comes
 first; once its data and the fold split are known, :meth:`Plan.with_data` lists the train units

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from wsss_bench import metrics
+from wsss_bench.core import metrics
 
 
 def oracle_grid_search(

@@ -12,8 +12,8 @@ import pytest
 
 from tests.calibration_oracle import oracle_grid_search
 from tests.test_cli import run_main
-from wsss_bench import calibration
-from wsss_bench.metrics import score
+from wsss_bench.core import calibration
+from wsss_bench.core.metrics import score
 from wsss_bench.registry import load_registry
 
 ENSEMBLES = load_registry().ensembles
@@ -127,11 +127,11 @@ def test_across_folds_run_uses_one_tuple_per_row_with_its_own_units(tmp_path):
 def check_against_stored_cams(workdir, row):
     """The row's tuple is the best mean, over folds, of the training grids of its stored
     CAMs (brute force over the grid with metrics.score)."""
+    from wsss_bench.core.progress import Reporter
     from wsss_bench.pipeline.context import Context
     from wsss_bench.pipeline.plan import Plan
     from wsss_bench.pipeline.prepare import prepare
     from wsss_bench.pipeline.settings import RunConfig
-    from wsss_bench.progress import Reporter
 
     config = RunConfig(**{**row["run"]["config"], "backbones": tuple(row["backbones"]),
                           "cams": tuple(row["run"]["config"]["cams"]),

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.calibration_oracle import oracle_grid_search
-from wsss_bench import calibration, metrics
-from wsss_bench.calibration import GridResult, binarize, grid_search, threshold_grid
+from wsss_bench.core import calibration, metrics
+from wsss_bench.core.calibration import GridResult, binarize, grid_search, threshold_grid
+from wsss_bench.core.metrics import METRIC_NAMES
 from wsss_bench.errors import UsageError
-from wsss_bench.metrics import METRIC_NAMES
 from wsss_bench_plugins.ensembles import And, Bigger, Mean, Or, Smaller, Vote
 
 

@@ -15,9 +15,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from wsss_bench import slice_cache
+from wsss_bench.core import slice_cache
+from wsss_bench.core.slices import SliceSet
 from wsss_bench.registry import load_registry
-from wsss_bench.slices import SliceSet
 from wsss_bench_plugins.brats import Brats
 from wsss_bench_plugins.msd import MsdBrain
 
@@ -265,7 +265,7 @@ def test_msd_brain_cam_view_takes_the_flair_channel(tmp_path):
 
 
 def test_resized_binary_view_stays_binary(brats_fixture):
-    from wsss_bench.slices import resize_case
+    from wsss_bench.core.slices import resize_case
 
     ds = Brats(modalities="flair,t1ce", crop=FIXTURE_CROP, cam_binarize=0.8)
     case = resize_case(ds.load(ds.sources(brats_fixture)[0]), 40)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wsss_bench.cli import main
-from wsss_bench.metrics import METRIC_NAMES
+from wsss_bench.core.metrics import METRIC_NAMES
 
 SMALL = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds", "2", "--epochs", "1",
          "--batch-size", "8", "-q"]

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from wsss_bench import deviations
-from wsss_bench.deviations import DEVIATIONS, KINDS, Deviation
+from wsss_bench.core import deviations
+from wsss_bench.core.deviations import DEVIATIONS, KINDS, Deviation
 
 from .conftest import ROOT
 
@@ -55,7 +55,7 @@ def test_readme_block_is_the_rendered_list():
     assert readme.count(deviations.START) == 1 and readme.count(deviations.END) == 1
     block = readme.split(deviations.START, 1)[1].split(deviations.END, 1)[0]
     assert block == "\n" + deviations.render_markdown(DEVIATIONS), (
-        "README's deviations block is stale: run `python -m wsss_bench.deviations README.md`")
+        "README's deviations block is stale: run `python -m wsss_bench.core.deviations README.md`")
     assert deviations.with_block(readme) == readme
     heading = readme.index("## Deviations from the paper")
     assert heading < readme.index(deviations.START)

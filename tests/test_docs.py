@@ -49,7 +49,7 @@ def test_committed_leaderboards_are_real_runs_with_their_command(name):
     header states the command, and every measured row was made by that command."""
     import json
 
-    from wsss_bench import leaderboard
+    from wsss_bench.core import leaderboard
 
     board = json.loads((ROOT / "leaderboards" / f"{name}.json").read_text())
     assert board["name"] == name and board["command"].startswith("wsss-bench run")

@@ -15,8 +15,8 @@ import pytest
 from tests.mri_files import member, tar_of, tiny_decathlon
 from tests.test_cli import run_captured as cli
 from wsss_bench import download
+from wsss_bench.core.progress import Reporter
 from wsss_bench.download import Archive, DownloadError
-from wsss_bench.progress import Reporter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

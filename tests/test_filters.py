@@ -11,9 +11,9 @@ import pytest
 import wsss_bench
 from wsss_bench import options
 from wsss_bench.contracts import Filter
+from wsss_bench.core.slices import SliceSet
 from wsss_bench.errors import UsageError
 from wsss_bench.pipeline.context import regions
-from wsss_bench.slices import SliceSet
 from wsss_bench_plugins.filters import (
     Brain,
     BrainBand,

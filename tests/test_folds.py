@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsss_bench.contracts import Case
+from wsss_bench.core.folds import patient_folds
+from wsss_bench.core.slices import SliceSet, collect, resize_case
 from wsss_bench.errors import UsageError
-from wsss_bench.folds import patient_folds
-from wsss_bench.slices import SliceSet, collect, resize_case
 from wsss_bench_plugins.phantom import Phantom
 
 

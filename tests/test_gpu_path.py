@@ -12,8 +12,8 @@ import torch
 
 import wsss_bench
 from tests.test_cli import SMALL, run_main
+from wsss_bench.core.training import TrainConfig, train_classifier
 from wsss_bench.runner import compute_cams, predict
-from wsss_bench.training import TrainConfig, train_classifier
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REGISTRY = wsss_bench.load_registry()

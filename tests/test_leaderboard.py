@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from wsss_bench import atomic, leaderboard
+from wsss_bench.core import atomic, leaderboard
+from wsss_bench.core.metrics import METRIC_NAMES
 from wsss_bench.errors import UsageError
-from wsss_bench.metrics import METRIC_NAMES
 
 
 def row(method: str, dsc: float, seed: int = 0) -> dict:
@@ -89,7 +89,7 @@ def rounding_allows(dsc: float, miou: float) -> bool:
 
 
 def test_reported_paper_rows_follow_the_dsc_formula_and_stay_distinct(tmp_path):
-    from wsss_bench import reported
+    from wsss_bench.core import reported
 
     for dataset in ("brats", "decathlon"):
         rows = reported.rows(dataset)
@@ -162,7 +162,7 @@ def test_reported_note_is_shown_beside_its_row(tmp_path):
 def test_header_renders_deviations_and_preset_overrides(tmp_path):
     import dataclasses
 
-    from wsss_bench import deviations
+    from wsss_bench.core import deviations
 
     # as the runner stores them; JSON turns the datasets tuples into lists
     entries = json.loads(json.dumps([dataclasses.asdict(d) for d in deviations.for_run("brats")]))

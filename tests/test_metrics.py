@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsss_bench import metrics
-from wsss_bench.metrics import METRIC_NAMES, metric_values, metrics_from_counts, score, slice_counts
+from wsss_bench.core import metrics
+from wsss_bench.core.metrics import (
+    METRIC_NAMES,
+    metric_values,
+    metrics_from_counts,
+    score,
+    slice_counts,
+)
 
 
 def b(rows: list) -> np.ndarray:

@@ -9,7 +9,8 @@ import timm
 
 from tests.test_cli import run_captured
 from tests.test_presets import config_of
-from wsss_bench import options, presets
+from wsss_bench import options
+from wsss_bench.core import presets
 from wsss_bench.registry import load_registry
 
 REGISTRY = load_registry()

@@ -13,6 +13,7 @@ import pytest
 
 import wsss_bench
 from tests.test_store import measured, units
+from wsss_bench.core.progress import Reporter
 from wsss_bench.errors import UsageError
 from wsss_bench.executors import UnitFailed
 from wsss_bench.pipeline.folds import split
@@ -21,7 +22,6 @@ from wsss_bench.pipeline.prepare import prepare
 from wsss_bench.pipeline.publish import run_and_publish
 from wsss_bench.pipeline.run import run
 from wsss_bench.pipeline.settings import RunConfig, settings_of
-from wsss_bench.progress import Reporter
 from wsss_bench.testing import KitContext, KitUnit
 
 GOLDEN = Path(__file__).parent / "data" / "store_keys_12d6b0f.json"

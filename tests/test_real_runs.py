@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tests.test_cli import SMALL, run_main
+from wsss_bench.core.folds import read_folds_file
+from wsss_bench.core.reported import TABLES
 from wsss_bench.errors import UsageError
-from wsss_bench.folds import read_folds_file
-from wsss_bench.reported import TABLES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -64,7 +64,7 @@ def outside_references(path: str, content: bytes) -> list[str]:
 
 def test_no_file_points_outside_the_repository(checkout):
     files = repository_files()
-    assert "README.md" in files and "wsss_bench/leaderboard.py" in files
+    assert "README.md" in files and "wsss_bench/core/leaderboard.py" in files
     found = {path: hits for path in files
              if (hits := outside_references(path, (ROOT / path).read_bytes()))}
     assert not found, ("files naming what is not in the repository (cite the paper by title, "
@@ -133,16 +133,17 @@ def test_paths_the_docs_name_exist(checkout):
 
 
 def test_doc_paths_picks_repository_paths_only():
-    text = ("`wsss_bench/metrics.py` `pyproject.toml` `wsss_bench_plugins/` `<workdir>/folds.json` "
+    text = ("`wsss_bench/core/metrics.py` `pyproject.toml` `wsss_bench_plugins/` "
+            "`<workdir>/folds.json` "
             "`leaderboards/<dataset>.json` `*.png.npy` `../shared/data/x` `~/.cache/x` "
             "`2m/(1+m)` `--config run.toml` `-o/--option` `paper_dsc` `tests/t.py::test_x` "
             "`run.effective.weights`\n```\n`inside/a/block.py`\n```\n`docs/missing.md`")
-    assert doc_paths(text) == ["wsss_bench/metrics.py", "pyproject.toml", "wsss_bench_plugins/",
-                               "tests/t.py::test_x", "docs/missing.md"]
+    assert doc_paths(text) == ["wsss_bench/core/metrics.py", "pyproject.toml",
+                               "wsss_bench_plugins/", "tests/t.py::test_x", "docs/missing.md"]
 
 
 def test_the_path_check_catches_a_missing_file(checkout):
-    text = ("`wsss_bench/metrics.py`, `wsss_bench_plugins/`, `runs/units` (a run's output), "
+    text = ("`wsss_bench/core/metrics.py`, `wsss_bench_plugins/`, `runs/units` (a run's output), "
             "`dataset.json`, `docs/missing.md`, `tests/test_docs.py::test_no_such_test`, "
             "`tests/test_docs.py::test_readme_starts_with_install_and_run_then_test_command`")
     assert missing_paths("X.md", text) == [

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.mri_files import tiny_decathlon
-from wsss_bench import slice_cache
 from wsss_bench.contracts import CaseFiles
+from wsss_bench.core import slice_cache
 from wsss_bench.errors import UsageError
 from wsss_bench_plugins.brats import Brats
 from wsss_bench_plugins.msd import Decathlon

@@ -11,9 +11,9 @@ import pytest
 
 import wsss_bench
 from tests.test_cli import SMALL, run_captured, run_main
+from wsss_bench.core.store import Store, clean
 from wsss_bench.pipeline.plan import Plan
 from wsss_bench.pipeline.settings import RunConfig
-from wsss_bench.store import Store, clean
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 

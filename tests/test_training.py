@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from wsss_bench.training import (
+from wsss_bench.core.training import (
     TrainConfig,
     recompute_batchnorm,
     resolve_device,

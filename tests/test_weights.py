@@ -13,6 +13,8 @@ import torch
 import wsss_bench
 from tests.test_cli import run_main
 from tests.test_download import Server, server  # noqa: F401 (fixture)
+from wsss_bench.core.progress import Reporter
+from wsss_bench.core.weights import find_checkpoint
 from wsss_bench.errors import UsageError
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.folds import split
@@ -21,8 +23,6 @@ from wsss_bench.pipeline.prepare import prepare
 from wsss_bench.pipeline.run import run
 from wsss_bench.pipeline.settings import RunConfig
 from wsss_bench.pipeline.train import build
-from wsss_bench.progress import Reporter
-from wsss_bench.weights import find_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REGISTRY = wsss_bench.load_registry()

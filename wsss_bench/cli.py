@@ -208,9 +208,9 @@ def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None:
-    from wsss_bench import leaderboard
+    from wsss_bench.core import leaderboard
+    from wsss_bench.core.progress import Reporter
     from wsss_bench.pipeline.publish import run_and_publish
-    from wsss_bench.progress import Reporter
     from wsss_bench.registry import load_registry
 
     config = run_config(args)
@@ -226,7 +226,7 @@ def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None
 
 def run_config(args: argparse.Namespace):
     """The effective RunConfig: defaults < preset < config file < flags."""
-    from wsss_bench import presets
+    from wsss_bench.core import presets
     from wsss_bench.options import parse
     from wsss_bench.pipeline.settings import RunConfig
 
@@ -305,7 +305,7 @@ def _coerce(key: str, value: Any, config_type: type, where: str) -> Any:
 
 
 def cmd_clean(args: argparse.Namespace) -> None:
-    from wsss_bench import store
+    from wsss_bench.core import store
 
     removed, freed = store.clean(Path(args.workdir), dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -317,7 +317,7 @@ def cmd_clean(args: argparse.Namespace) -> None:
 
 def cmd_download(args: argparse.Namespace) -> None:
     from wsss_bench import download, options
-    from wsss_bench.progress import Reporter
+    from wsss_bench.core.progress import Reporter
     from wsss_bench.registry import load_registry, resolve
 
     dataset = resolve(load_registry(), "datasets", [args.dataset])[0]
@@ -340,7 +340,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
-    from wsss_bench import leaderboard
+    from wsss_bench.core import leaderboard
 
     json_path, _ = leaderboard.paths(Path(args.leaderboard_dir), args.dataset)
     board = leaderboard.load(json_path)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
+from wsss_bench.core import atomic
+from wsss_bench.core.progress import Reporter
 from wsss_bench.errors import UsageError
-from wsss_bench.progress import Reporter
 
 CHUNK = 1 << 20
 ATTEMPTS = 5
@@ -188,21 +189,21 @@ def _inside(path: PurePosixPath, folder: str) -> bool:
 def extract(tar_path: Path, data_dir: Path, folder: str) -> Path:
     """Extract ``tar_path`` (checked member by member) to ``data_dir/folder``, atomically."""
     target = data_dir / folder
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.extracting-", dir=data_dir))
-    try:
-        try:
-            with tarfile.open(tar_path) as tar:
-                members = _checked_members(tar, tar_path, folder)
-                tar.extractall(tmp, members=members, filter="data")
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise DownloadError(f"{tar_path}: cannot unpack ({exc}); delete it and download "
-                                f"again") from None
-        if not (tmp / folder).is_dir():
-            raise DownloadError(f"{tar_path}: the archive holds no {folder}/ folder; is this "
-                                f"the right file?")
-        os.replace(tmp / folder, target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.extracting-", dir=data_dir))
+    try:  # the archive's members all sit under folder/: extract into staging/folder
+        with atomic.folder(target, staging / folder, complete=lambda _f: False) as tmp:
+            try:
+                with tarfile.open(tar_path) as tar:
+                    members = _checked_members(tar, tar_path, folder)
+                    tar.extractall(staging, members=members, filter="data")
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise DownloadError(f"{tar_path}: cannot unpack ({exc}); delete it and "
+                                    f"download again") from None
+            if not any(tmp.iterdir()):
+                raise DownloadError(f"{tar_path}: the archive holds no {folder}/ folder; is "
+                                    f"this the right file?")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

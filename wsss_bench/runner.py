@@ -1,7 +1,9 @@
-"""Compatibility names for code written against the old ``Runner`` module.
+"""Compatibility names from the old ``Runner`` module.
 
 The run now lives in :mod:`wsss_bench.pipeline` (a plan of units, one function per stage, an
-executor). Import from there; these names stay so existing imports keep working.
+executor). Import from there. These names stay importable from here; the ``Runner`` class,
+``Job``, ``MethodResult`` and ``plugin_versions`` are gone (see ``pipeline.plan``,
+``pipeline.publish`` and ``pipeline.run``).
 """
 
 from wsss_bench.pipeline.cams import compute_cams

@@ -19,7 +19,7 @@ What each timed call does (same float32 CAMs [2,2000,128,128], bool gt, paper_mi
   of the CAMs, then per threshold tuple two ``cam > t`` masks, ``ensemble.combine`` and
   ``metrics.score``. About half a minute a call on 2 cores, so one round (no warm-up); its
   result is checked against ``grid_search``'s.
-* grid_search 11×11 / 101×101: ``wsss_bench.calibration.grid_search`` (one warm-up round,
+* grid_search 11×11 / 101×101: ``wsss_bench.core.calibration.grid_search`` (one warm-up round,
   then ``ROUNDS`` calls).
 
 The three measurements of an ensemble run back to back, so that a slow drift of the
@@ -38,7 +38,7 @@ import pytest
 
 from tests.benchmarks.report import report_targets
 from tests.calibration_oracle import oracle_grid_search
-from wsss_bench.calibration import grid_search, threshold_grid
+from wsss_bench.core.calibration import grid_search, threshold_grid
 from wsss_bench_plugins.ensembles import And, Bigger, Or, Smaller
 
 GROUP = "calibration 2×2000×128×128"

@@ -27,7 +27,7 @@ import pytest
 
 from tests.benchmarks.report import report_targets
 from tests.benchmarks.test_calibration_speed import _cpu
-from wsss_bench import slice_cache
+from wsss_bench.core import slice_cache
 from wsss_bench_plugins.brats import Brats
 
 GROUP = "prepare brats-sample"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -30,12 +31,14 @@ class ProcessesExecutor:
                         "else `workers` on the run's device")
     workers: int = 2  # workers when the run names no devices (each on the run's device)
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1 (got {self.workers})")
+
     def run(self, stage: Callable[[Any, Any], Any], units: Sequence[Any], context: Any
             ) -> Iterator[tuple[Any, Any]]:
         if not units:
             return
-        if self.workers < 1:
-            raise UsageError(f"-o processes.workers={self.workers}: must be at least 1")
         devices = list(context.plan.devices) or [context.device] * self.workers
         devices = devices[: len(units)]
         spawn = multiprocessing.get_context("spawn")
@@ -45,36 +48,47 @@ class ProcessesExecutor:
         pool = ProcessPoolExecutor(len(devices), mp_context=spawn, initializer=_start,
                                    initargs=(context, queue, torch.get_num_threads()))
         failed: UnitFailed | None = None  # the first unit that failed for good
+        finished = False
         try:
             futures = {pool.submit(_call, stage, unit): unit for unit in units}
             pending = set(futures)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                broken = None
                 for future in done:
                     unit = futures[future]
                     try:
                         result = future.result()
                     except BrokenProcessPool:
-                        raise UnitFailed(unit, "a worker process died (out of memory?); use "
-                                         "fewer devices or a smaller --batch-size") from None
+                        broken = broken or unit
+                        continue
                     except Exception as exc:  # noqa: BLE001 (named with its unit, one line)
-                        failed = failed or (exc if isinstance(exc, UnitFailed)
-                                            else UnitFailed(unit, exc))
+                        failed = failed or UnitFailed(
+                            unit, str(exc) if isinstance(exc, UsageError) else exc)
                         continue  # the other units go on: what finishes is kept
                     yield unit, result
+                if broken is not None:
+                    raise UnitFailed(broken, "a worker process died while this or another "
+                                     "unit ran (out of memory?); use fewer devices or a "
+                                     "smaller --batch-size")
             if failed is not None:
                 raise failed
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if not finished:  # interrupted or failed: stop the workers now, not unit by unit
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+            pool.shutdown(wait=finished, cancel_futures=True)
 
 
 def _start(context: Any, queue: Any, threads: int) -> None:
-    """A worker's start: take a device, pin the CPU thread count."""
+    """A worker's start: take a device, pin the CPU thread count; Ctrl-C is the driver's."""
     global _CONTEXT
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     device = queue.get()
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and ":" in device:
         torch.cuda.set_device(torch.device(device))  # pinned memory etc. on this GPU
     _CONTEXT = context.on(device)
 

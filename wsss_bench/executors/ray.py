@@ -33,6 +33,11 @@ class RayExecutor:
     max_retries: int = 3  # retries of a task whose worker process died
     num_cpus: int = 0  # when starting Ray here: its CPUs (0 = all of this machine's)
 
+    def __post_init__(self) -> None:
+        for name in ("gpus_per_unit", "cpus_per_unit", "max_retries", "num_cpus"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more (got {getattr(self, name)})")
+
     def run(self, stage: Callable[[Any, Any], Any], units: Sequence[Any], context: Any
             ) -> Iterator[tuple[Any, Any]]:
         if not units:
@@ -49,6 +54,13 @@ class RayExecutor:
                 raise UsageError(f"-o ray.address={self.address or '(local)'}: cannot start or "
                                  f"reach Ray ({exc})") from None
         cuda = context.device.startswith("cuda")
+        have = ray.cluster_resources()
+        for resource, need in (("CPU", self.cpus_per_unit),
+                               ("GPU", self.gpus_per_unit if cuda else 0)):
+            if need > have.get(resource, 0):
+                raise UsageError(f"-o ray.{resource.lower()}s_per_unit={need}: the Ray cluster "
+                                 f"has {have.get(resource, 0):g} {resource}(s); no task could "
+                                 f"ever start")
         task = ray.remote(_call).options(
             num_cpus=self.cpus_per_unit, num_gpus=self.gpus_per_unit if cuda else 0,
             max_retries=self.max_retries, retry_exceptions=False)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsss_bench.core.training import autocast, on_device
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import CamUnit
 from wsss_bench.pipeline.train import as_tensor, load_model
-from wsss_bench.training import autocast, on_device
 
 
 @dataclass(frozen=True)

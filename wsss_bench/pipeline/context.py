@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from wsss_bench import options
+from wsss_bench.core.slices import SliceSet
 from wsss_bench.pipeline.plan import EvalUnit, Plan
 from wsss_bench.registry import Registry, resolve
-from wsss_bench.slices import SliceSet
 
 REGION_CHUNK = 512  # slices per filter call: bounded memory on memory-mapped float16 data
 
@@ -51,7 +51,7 @@ class Context:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.data is None:
-            from wsss_bench import slice_cache
+            from wsss_bench.core import slice_cache
 
             cache = self.store_root.parent / self.plan.data_origin
             self.data = slice_cache.load(cache)
@@ -98,21 +98,28 @@ class Context:
             if stored is None:
                 stored = np.load(self.store_root / "cams" / key / "cams.npy", mmap_mode="r")
             self._cams[key] = np.asarray(stored, dtype=np.float32)
-            while len(self._cams) > max(2, len(self.plan.config.backbones)):
+            while len(self._cams) > self._cam_slots():
                 self._cams.popitem(last=False)
         self._cams.move_to_end(key)
         return self._cams[key]
 
+    def _cam_slots(self) -> int:
+        """CAM arrays kept: one method's backbones, on every fold for across-folds."""
+        across = self.plan.config.calibrate == "across-folds"
+        return max(2, len(self.plan.config.backbones)) * (len(self.plan.folds) if across else 1)
+
     def region(self, filter_name: str, fold: int) -> np.ndarray:
         """The filter's region bool[N,H,W] of every slice, a learned filter fitted on the
-        fold's training slices only."""
-        if (filter_name, fold) not in self._regions:
+        fold's training slices only (a filter that learns nothing: one region for all folds)."""
+        filt = self.plugin("filters", filter_name)
+        key = (filter_name, fold if filt.learned else -1)
+        if key not in self._regions:
             train, _ = self.split(fold)
-            self._regions[(filter_name, fold)] = regions(self.plugin("filters", filter_name),
-                                                         self.data, train)
-            while len(self._regions) > len(self.plan.config.filters):
+            self._regions[key] = regions(filt, self.data, train)
+            while len(self._regions) > len(self.plan.config.filters) * max(1, len(self.plan.folds)):
                 self._regions.popitem(last=False)
-        return self._regions[(filter_name, fold)]
+        self._regions.move_to_end(key)
+        return self._regions[key]
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """The training and validation slice indices of ``fold``."""

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from wsss_bench import calibration
-from wsss_bench.metrics import score
+from wsss_bench.core import calibration
+from wsss_bench.core.metrics import score
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import EvalUnit
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wsss_bench import atomic
-from wsss_bench.folds import patient_folds, read_folds_file
+from wsss_bench.core import atomic
+from wsss_bench.core.folds import patient_folds, read_folds_file
+from wsss_bench.core.slices import SliceSet
 from wsss_bench.pipeline.settings import RunConfig
-from wsss_bench.slices import SliceSet
 
 
 def split(config: RunConfig, data: SliceSet) -> list[list[str]]:

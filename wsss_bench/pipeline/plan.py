@@ -8,7 +8,7 @@ options, versions, initial weights, device, precision). The prepare unit (the sl
 first; once its data and the fold split are known, :meth:`Plan.with_data` lists the train units
 (backbone, fold, seed), the CAM units (the CAMs of one classifier) and the evaluate units
 (CAM, filter, ensemble or backbone, fold or all folds, seed). A unit's key hashes its
-description (:func:`wsss_bench.store.digest`); the descriptions are exactly those the store has
+description (:func:`wsss_bench.core.store.digest`); the descriptions are exactly those the store has
 always used, so workdirs made by earlier versions are reused.
 """
 
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wsss_bench import calibration, options, weights
+from wsss_bench import options
+from wsss_bench.core import calibration, weights
+from wsss_bench.core.store import digest
+from wsss_bench.core.training import resolve_device
 from wsss_bench.errors import UsageError
 from wsss_bench.pipeline.settings import FORCE_STAGES, MIN_CAM_CELLS, RunConfig, settings_of
 from wsss_bench.registry import Registry, resolve
-from wsss_bench.store import digest
-from wsss_bench.training import resolve_device
 
 PLUGIN_KINDS = ("datasets", "backbones", "cams", "ensembles", "filters")
 
@@ -177,8 +178,17 @@ class Plan:
                              "--ensembles ''")
         try:
             device = resolve_device(devices[0] if devices else config.device)
+            for other in devices:
+                _check_device(other, device.type)
         except (ValueError, RuntimeError) as exc:
-            raise UsageError(str(exc)) from None
+            raise UsageError(f"--devices/--device: {exc}") from None
+        if config.output_stride != "auto":
+            for name in config.backbones:
+                strides = configured[name].output_strides
+                if int(config.output_stride) not in strides:
+                    raise UsageError(f"--output-stride {config.output_stride}: backbone "
+                                     f"{name!r} declares only {strides}; pass --output-stride "
+                                     f"auto or one of those")
         force = set(config.force)
         for i, stage in enumerate(FORCE_STAGES):  # a forced stage forces every later one
             if stage in force:
@@ -321,11 +331,25 @@ class Plan:
 
 def _ensemble_declared(ensemble: Any) -> dict[str, Any]:
     """An ensemble's ``symbol`` and ``slice_rule`` as its evaluate units' keys have always
-    held them (they were options before they became declared attributes)."""
-    out = {"symbol": ensemble.symbol}
+    held them (they were options before they became declared attributes; an ensemble that
+    declares neither, like one that had no such options, adds nothing)."""
+    out = {} if ensemble.symbol is None else {"symbol": ensemble.symbol}
     if ensemble.slice_rule is not None:
         out["slice_rule"] = ensemble.slice_rule
     return out
+
+
+def _check_device(text: str, device_type: str) -> None:
+    """One of ``--devices``: a device this machine has, of the same type as the first."""
+    import torch
+
+    device = torch.device(text)  # RuntimeError for a name torch does not know
+    if device.type != device_type:
+        raise ValueError(f"{text}: every device must be of one type ({device_type}), since "
+                         f"the device type is part of every unit key")
+    if device.type == "cuda" and device.index is not None and (
+            device.index >= torch.cuda.device_count()):
+        raise ValueError(f"{text}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
 
 
 def _switch(value: str, device_type: str) -> bool:

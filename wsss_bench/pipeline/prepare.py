@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wsss_bench import download, slice_cache
+from wsss_bench import download
+from wsss_bench.core import slice_cache
+from wsss_bench.core.progress import Reporter
+from wsss_bench.core.slices import SliceSet, collect
+from wsss_bench.core.store import digest
 from wsss_bench.pipeline.plan import Plan
-from wsss_bench.progress import Reporter
-from wsss_bench.slices import SliceSet, collect
-from wsss_bench.store import digest
 from wsss_bench.volumes import MissingData
 
 

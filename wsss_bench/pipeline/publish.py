@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsss_bench import leaderboard
-from wsss_bench.metrics import METRIC_NAMES
+from wsss_bench.core import leaderboard
+from wsss_bench.core.metrics import METRIC_NAMES
+from wsss_bench.core.progress import Reporter
+from wsss_bench.core.provenance import run_info
 from wsss_bench.pipeline import evaluate
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import EvalUnit, Plan
 from wsss_bench.pipeline.prepare import data_dir
 from wsss_bench.pipeline.settings import EMPTY, RunConfig
-from wsss_bench.progress import Reporter
-from wsss_bench.provenance import run_info
 from wsss_bench.registry import Registry
 
 
@@ -114,7 +114,7 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
     header = {"split": folds, "split_seed": None if config.folds_file else config.seed,
               "split_file": config.folds_file, "command": command}
     if config.preset:  # what still differs from the paper, and what this run changed
-        from wsss_bench import deviations, presets
+        from wsss_bench.core import deviations, presets
 
         header["deviations"] = [dataclasses.asdict(d)
                                 for d in deviations.for_run(config.dataset)]

@@ -17,15 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsss_bench.core.progress import Reporter
+from wsss_bench.core.store import Store, digest
+from wsss_bench.errors import UsageError
 from wsss_bench.pipeline import cams, evaluate, publish, train
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.folds import split
 from wsss_bench.pipeline.plan import CamUnit, EvalUnit, Plan, TrainUnit
 from wsss_bench.pipeline.prepare import prepare
 from wsss_bench.pipeline.settings import RunConfig
-from wsss_bench.progress import Reporter
 from wsss_bench.registry import Registry
-from wsss_bench.store import Store, digest
 
 
 def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
@@ -46,10 +47,15 @@ def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
     executor = ctx.plugin("executors", plan.executor)
 
     def execute(stage, units, title: str, commit) -> None:
+        done = 0
         with reporter.task(title, total=len(units)) as advance:
             for unit, result in executor.run(stage, units, ctx):
                 commit(unit, result)
                 advance(1)
+                done += 1
+        if done != len(units):  # a broken executor plugin: say so, store nothing wrong
+            raise UsageError(f"executor {plan.executor!r} returned {done} of {len(units)} "
+                             f"{title} units; fix or replace the executor plugin")
 
     execute(train.train, pending_train(plan, store, reporter), "train",
             lambda u, r: commit_train(plan, store, reporter, u, r))

@@ -12,10 +12,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from wsss_bench import calibration
+from wsss_bench.core import calibration
+from wsss_bench.core.metrics import METRIC_NAMES
+from wsss_bench.core.store import STAGES
 from wsss_bench.errors import UsageError
-from wsss_bench.metrics import METRIC_NAMES
-from wsss_bench.store import STAGES
 
 EMPTY = "Empty"
 CAM_TARGETS = ("predicted", "positive")

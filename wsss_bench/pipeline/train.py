@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsss_bench.core.training import TrainConfig, autocast, on_device, train_classifier
 from wsss_bench.errors import UsageError
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import TrainUnit, weights_argument
-from wsss_bench.training import TrainConfig, autocast, on_device, train_classifier
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ def train(unit: TrainUnit, ctx: Context) -> Trained:
     cfg = plan.config
     train_idx, val_idx = ctx.split(unit.fold)
     seed = unit.description["seed"]
+    ctx.plugin("backbones", unit.backbone)  # plugin code runs before seeding, as in any process
+    weights_argument(plan, ctx.plugin("backbones", unit.backbone))
     torch.manual_seed(seed)
     model, stride, notes = build(ctx, unit.backbone)
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,

@@ -27,9 +27,10 @@ import numpy as np
 
 from wsss_bench import options
 from wsss_bench.contracts import CaseFiles
+from wsss_bench.core import atomic
+from wsss_bench.core.progress import Reporter
+from wsss_bench.core.slices import SliceSet, join_cam_views, resize_case
 from wsss_bench.errors import UsageError
-from wsss_bench.progress import Reporter
-from wsss_bench.slices import SliceSet, join_cam_views, resize_case
 
 CACHE_FORMAT = 1
 FILES = ("images.npy", "masks.npy", "case_ids.npy", "slice_index.npy")
@@ -198,21 +199,9 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
     cache_root.mkdir(parents=True, exist_ok=True)
     _remove_stale(cache_root)
     tmp = cache_root / f".tmp-{dataset.name}-{key}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic.folder(folder, tmp, complete=lambda f: (f / "meta.json").is_file(),
+                       replace=force, old=cache_root / f".tmp-old-{key}-{os.getpid()}"):
         _write(tmp, cases, description, dataset)
-        if force and folder.exists():
-            old = cache_root / f".tmp-old-{key}-{os.getpid()}"
-            os.rename(folder, old)
-            shutil.rmtree(old, ignore_errors=True)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another run finished the same cache first
-            if not (folder / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     n = sum(len(c[1]) for c in cases)
     reporter.summary(f"[bold]prepare[/] {dataset.name}: {len(cases)} cases, {n} slices decoded "
                      f"with {workers} worker(s) in {time.perf_counter() - t0:.1f} s, cached in "

@@ -16,7 +16,7 @@ brats and msd-brain: [FLAIR, T1ce, T2] training input, the CAM of FLAIR binarise
 brain-and-central-band filter. decathlon: ADC slices at 320×320, 5 epochs, batch 4, ImageNet
 weights with torchvision's tags (``tv_in1k``: the weights of torchvision's ``pretrained=True``)
 when ``--pretrained`` can reach them. Where wsss-bench still differs is listed in
-:mod:`wsss_bench.deviations` and the README's "Deviations from the paper".
+:mod:`wsss_bench.core.deviations` and the README's "Deviations from the paper".
 """
 
 from __future__ import annotations
@@ -121,9 +121,14 @@ def options_for_used(options: dict[str, dict[str, str]] | None, config: Any
 # RunConfig fields that decide where and how fast a run goes, or where it writes, not its
 # numbers (and the dataset, which picks the preset); every other field is compared by
 # `overrides`
-EXECUTION_FIELDS = frozenset({"dataset", "data_dir", "device", "workdir", "leaderboard_dir",
-                              "cam_batch_size", "workers", "force", "gpus", "devices",
-                              "leaderboard_name", "preset", "options"})
+def _not_compared() -> frozenset[str]:
+    from wsss_bench.pipeline.settings import EXECUTION_FIELDS as RUN_EXECUTION
+
+    return frozenset(RUN_EXECUTION) | {"dataset", "data_dir", "cam_batch_size", "preset",
+                                       "options"}
+
+
+EXECUTION_FIELDS = _not_compared()
 
 
 def overrides(config: Any, registry: Any) -> list[str]:

@@ -34,7 +34,7 @@ The metrics need pooled counts (``paper_miou``, ``paper_dsc``, ``dice_pooled``),
 counts (``dice_slice``) or per-case counts (``dice_volume``): the histograms are kept per group
 of slices (one group, each slice, each case), groups in chunks so that memory stays bounded by
 about ``_CHUNK_BYTES``. Pixels are processed in cache-sized blocks of slices. All counts are
-int64 and all scores come from :mod:`wsss_bench.metrics`, vectorized over the grid.
+int64 and all scores come from :mod:`wsss_bench.core.metrics`, vectorized over the grid.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from wsss_bench.contracts import declared_problems, pixel_rule_count
-from wsss_bench.metrics import (
+from wsss_bench.core.metrics import (
     METRIC_NAMES,
     _as_bool,
     case_indices,

@@ -10,7 +10,6 @@ removed by the next write or by ``wsss-bench clean``). Each run records the unit
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from wsss_bench import atomic
+from wsss_bench.core import atomic
 from wsss_bench.errors import UsageError
 
 STAGES = ("train", "cams", "evaluate")
@@ -65,23 +64,12 @@ class Store:
         final = self.path(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-        try:
+        with atomic.folder(final, tmp, complete=lambda f: (f / UNIT_FILE).is_file(),
+                           replace=True, old=final.with_name(f".{key}.old-{os.getpid()}")):
             extra = fill(tmp) or {}
             meta = {"stage": stage, "key": key, "made": time.time(), "pid": os.getpid(),
                     "description": description, **extra}
             (tmp / UNIT_FILE).write_text(json.dumps(meta, indent=1, default=str))
-            if final.exists():  # forced: replace the old unit
-                old = final.with_name(f".{key}.old-{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):  # another run replaced it first
-                    os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            try:
-                os.replace(tmp, final)
-            except OSError:  # another run finished the same unit first: theirs is as good
-                if not (final / UNIT_FILE).is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         self.redone.add(f"{stage}/{key}")
         self.use(stage, key)
         return final

@@ -10,9 +10,9 @@ from typing import Any
 
 from rich.table import Table
 
-from wsss_bench import atomic, deviations, reported
+from wsss_bench.core import atomic, deviations, reported
+from wsss_bench.core.metrics import METRIC_NAMES
 from wsss_bench.errors import UsageError
-from wsss_bench.metrics import METRIC_NAMES
 
 SORT_METRIC = "paper_dsc"
 METRIC_NOTES = {

@@ -8,7 +8,7 @@ Every entry says what the paper or the code does (``paper``, naming the code's f
 comes from the code), what wsss-bench does (``here``), why (``why``), what kind of difference it
 is (``kind``, one of ``KINDS``) and which datasets it concerns (``datasets``; () = all). The
 README's "Deviations from the paper" section holds ``render_markdown(DEVIATIONS)`` between the
-``START`` and ``END`` markers (a test keeps them equal; ``python -m wsss_bench.deviations
+``START`` and ``END`` markers (a test keeps them equal; ``python -m wsss_bench.core.deviations
 README.md`` rewrites the block), and a ``--preset`` run stores ``for_run(dataset)`` in its
 leaderboard header.
 """
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-START = "<!-- deviations:start (python -m wsss_bench.deviations README.md writes this) -->"
+START = "<!-- deviations:start (python -m wsss_bench.core.deviations README.md writes this) -->"
 END = "<!-- deviations:end -->"
 KINDS = ("data we cannot get", "invented by us", "bug not copied", "default we chose",
          "reproduced as the code does")
@@ -243,7 +243,7 @@ def with_block(text: str) -> str:
     return f"{head}\n{render_markdown(DEVIATIONS)}{text[end:]}"
 
 
-if __name__ == "__main__":  # python -m wsss_bench.deviations [README.md]
+if __name__ == "__main__":  # python -m wsss_bench.core.deviations [README.md]
     import sys
     from pathlib import Path
 

@@ -218,3 +218,51 @@ def test_third_party_executor_is_found_and_runs_a_phantom_job(use_dist, tmp_path
                       workdir=str(tmp_path / "w2"), leaderboard_dir=str(tmp_path / "b2"))
     run_and_publish(local, registry, QUIET)
     assert measured(tmp_path / "b") == measured(tmp_path / "b2")
+
+
+def test_devices_must_exist_and_share_one_type(tmp_path):
+    registry = wsss_bench.load_registry()
+    for devices, message in ((("cpu", "cuda:0"), "one type"), (("cpu", "bogus"), "--devices")):
+        with pytest.raises(UsageError, match=message):
+            Plan.build(RunConfig(devices=devices, workdir=str(tmp_path)), registry)
+
+
+def test_an_explicit_output_stride_a_backbone_lacks_fails_before_any_work(tmp_path):
+    with pytest.raises(UsageError, match="backbone 'vgg19' declares only"):
+        Plan.build(RunConfig(backbones=("resnet18", "vgg19"), output_stride="16",
+                             workdir=str(tmp_path)), wsss_bench.load_registry())
+
+
+def test_preset_overrides_ignore_every_execution_setting():
+    from wsss_bench.core import presets
+
+    registry = wsss_bench.load_registry()
+    values = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in presets.preset("paper", "decathlon").items() if k != "options"}
+    options = presets.options_for_used(presets.preset("paper", "decathlon").get("options"),
+                                       RunConfig(**values, dataset="decathlon"))
+    for execution in ({}, {"executor": "processes", "workers": 3}, {"devices": ("cpu", "cpu")}):
+        config = RunConfig(**values, **execution, dataset="decathlon", preset="paper",
+                           options=options)
+        assert presets.overrides(config, registry) == [], execution
+
+
+def test_an_executor_that_drops_units_is_an_error_not_a_wrong_board(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Dropper:
+        name: str = "dropper"
+        description: str = "yields nothing"
+
+        def run(self, stage, units, context):
+            return iter(())
+
+    registry = wsss_bench.load_registry()
+    registry.add("executors", Dropper(), "test", "tests")
+    config = RunConfig(**{**SMALL, "ensembles": ()}, backbones=("resnet18",),
+                       executor="dropper", workdir=str(tmp_path / "w"),
+                       leaderboard_dir=str(tmp_path / "b"))
+    with pytest.raises(UsageError, match="executor 'dropper' returned 0 of 2 train units"):
+        run_and_publish(config, registry, QUIET)
+    assert not (tmp_path / "b" / "phantom.json").exists()

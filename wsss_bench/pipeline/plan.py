@@ -50,6 +50,23 @@ def auto_output_stride(image_size: int) -> int:
 
 
 @dataclass(frozen=True)
+class PrepareUnit:
+    """The slices of the dataset: the slice cache (``<workdir>/cache/<key>``, keyed by the
+    dataset, its options, the image size and every listed file's path, size and mtime) for a
+    dataset that reads files; a generated dataset is identified by its settings."""
+
+    dataset: str
+    data_dir: str | None  # None: generated data (or the default data folder, resolved then)
+    cache_root: str
+    image_size: int | None
+    workers: int | None
+    force: bool
+
+    def describe(self) -> str:
+        return f"prepare {self.dataset}"
+
+
+@dataclass(frozen=True)
 class TrainUnit:
     """Train one classifier: ``backbone`` on every case outside fold ``fold``, seed ``seed``."""
 
@@ -139,6 +156,7 @@ class Plan:
     executor_options: dict[str, str]
     devices: tuple[str, ...]  # the processes executor's devices
     force: frozenset[str]
+    prepare: PrepareUnit
     # known once the data is prepared and split (:meth:`with_data`)
     data_origin: str = ""
     in_chans: int = 0
@@ -214,6 +232,9 @@ class Plan:
             reads_files=configured[config.dataset].reads_files,
             executor=executor, executor_options=dict(config.options.get(executor, {})),
             devices=devices, force=frozenset(force),
+            prepare=PrepareUnit(config.dataset, config.data_dir,
+                                str(Path(config.workdir) / "cache"), config.image_size,
+                                config.workers, "prepare" in force),
             options={k: dict(v) for k, v in config.options.items()})
 
     def with_data(self, origin: str, shape: tuple[int, ...], case_ids: list[str],

@@ -23,25 +23,26 @@ from wsss_bench.volumes import MissingData
 
 def data_dir(plan: Plan) -> Path | None:
     """``--data-dir``, else the default data folder for a dataset that reads files."""
-    if plan.config.data_dir:
-        return Path(plan.config.data_dir).expanduser()
+    if plan.prepare.data_dir:
+        return Path(plan.prepare.data_dir).expanduser()
     return download.default_data_dir() if plan.reads_files else None
 
 
 def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
-    """The run's slices (downloading missing data where the dataset allows it)."""
-    cfg = plan.config
+    """The run's slices, the plan's prepare unit (downloading missing data where the dataset
+    allows it)."""
+    unit = plan.prepare
     t0 = time.perf_counter()
     if not plan.reads_files:
-        data = collect(dataset, data_dir(plan), cfg.image_size)
-        settings = plan.plugin_settings[cfg.dataset]
-        origin = f"generated/{cfg.dataset}-{digest([settings, cfg.image_size])}"
+        data = collect(dataset, data_dir(plan), unit.image_size)
+        settings = plan.plugin_settings[unit.dataset]
+        origin = f"generated/{unit.dataset}-{digest([settings, unit.image_size])}"
         data = dataclasses.replace(data, origin=origin)
     else:
-        workers = cfg.workers or slice_cache.default_workers()
-        args = (dataset, data_dir(plan), Path(cfg.workdir) / "cache", workers, cfg.image_size,
+        workers = unit.workers or slice_cache.default_workers()
+        args = (dataset, data_dir(plan), Path(unit.cache_root), workers, unit.image_size,
                 reporter)
-        force = "prepare" in plan.force
+        force = unit.force
         try:
             data = slice_cache.prepare(*args, force=force)
         except MissingData:
@@ -53,7 +54,7 @@ def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
             download.fetch(archive, data_dir(plan), reporter)
             data = slice_cache.prepare(*args, force=force)
     reporter.summary(
-        f"[bold]data[/] {cfg.dataset}: {len(set(data.case_ids.tolist()))} cases, "
+        f"[bold]data[/] {unit.dataset}: {len(set(data.case_ids.tolist()))} cases, "
         f"{len(data)} slices of {data.images.shape[1]}×{data.images.shape[2]}×"
         f"{data.images.shape[3]}, {data.labels.mean():.0%} with lesion, lesion pixels "
         f"{data.masks.mean():.2%} ({time.perf_counter() - t0:.1f} s)")

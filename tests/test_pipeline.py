@@ -55,18 +55,32 @@ def test_plan_lists_exactly_the_units_the_previous_version_stored(run_name, tmp_
     assert plan_units(plan) == want
 
 
+@pytest.fixture
+def local_ray():
+    """A local Ray of 2 CPUs for one test (any Ray left by an earlier test is shut down)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+
+    def start(**kwargs):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, **kwargs)
+        return ray
+
+    yield start
+    ray.shutdown()
+
+
 def _rows(result):
     return {r["method"]: (r["thresholds"], r["metrics"]) for r in result}
 
 
 @pytest.mark.slow
-def test_every_executor_gives_the_same_numbers_and_records_no_execution(tmp_path):
+def test_every_executor_gives_the_same_numbers_and_records_no_execution(tmp_path, local_ray):
     """local, processes (2 CPU workers) and ray (a local cluster of 2 CPUs): bit-identical
     rows; the executor and its devices appear in no row's config and no manifest name."""
-    ray = pytest.importorskip("ray")
     registry = wsss_bench.load_registry()
     results, manifests = {}, {}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray = local_ray()
     try:
         for name, extra in (("local", {}), ("processes", {"devices": ("cpu", "cpu")}),
                             ("ray", {"executor": "ray"})):
@@ -138,15 +152,14 @@ def _dies_once(unit: KitUnit, context: KitContext) -> int:
 
 
 @pytest.mark.slow
-def test_ray_retries_a_task_whose_worker_died_and_names_a_unit_that_always_fails(tmp_path):
-    ray = pytest.importorskip("ray")
+def test_ray_retries_a_task_whose_worker_died_and_names_a_unit_that_always_fails(tmp_path,
+                                                                               local_ray):
     from ray import cloudpickle
 
     from wsss_bench.executors.ray import RayExecutor
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"WSSS_BENCH_TEST_MARKER": str(tmp_path)}})
+    ray = local_ray(runtime_env={"env_vars": {"WSSS_BENCH_TEST_MARKER": str(tmp_path)}})
     try:
         units_ = [KitUnit(n) for n in range(4)]
         got = dict((u.n, r) for u, r in RayExecutor().run(_dies_once, units_, KitContext()))

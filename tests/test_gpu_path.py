@@ -75,8 +75,9 @@ def test_cams_with_channels_last_and_amp(cam_name):
 @pytest.mark.slow
 def test_run_with_amp_and_channels_last_records_them(tmp_path):
     boards = tmp_path / "b"
-    assert run_main(["run", *SMALL, "--ensembles", "and", "--amp", "on", "--channels-last", "on",
-                     "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(boards)]) == 0
+    assert run_main(["run", *SMALL, "--backbones", "resnet18", "--ensembles", "", "--amp", "on",
+                     "--channels-last", "on", "--workdir", str(tmp_path / "w"),
+                     "--leaderboard-dir", str(boards)]) == 0
     row = json.loads((boards / "phantom.json").read_text())["rows"][0]
     assert row["run"]["effective"]["amp"] is True
     assert row["run"]["effective"]["channels_last"] is True

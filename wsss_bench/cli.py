@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 import wsss_bench
-from wsss_bench.errors import UsageError
+from wsss_bench.errors import RunIncomplete, UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -207,7 +207,8 @@ def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
     out.print(table)
 
 
-def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None:
+def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> int:
+    """Run, publish, print the leaderboard; 1 when some unit failed."""
     from wsss_bench.core import leaderboard
     from wsss_bench.core.progress import Reporter
     from wsss_bench.pipeline.publish import run_and_publish
@@ -217,11 +218,23 @@ def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> None
     args.workdir = config.workdir  # for the resume hint after Ctrl-C
     reporter = Reporter(quiet=args.quiet)
     command = "wsss-bench " + shlex.join(argv)
-    board = run_and_publish(config, load_registry(), reporter, command=command)
+    try:
+        board, failed = run_and_publish(config, load_registry(), reporter, command=command), []
+    except RunIncomplete as exc:
+        board, failed = exc.board, exc.lines
     out.print(leaderboard.rich_table(board))
     json_path, md_path = leaderboard.paths(Path(config.leaderboard_dir),
                                            config.leaderboard_name or config.dataset)
     reporter.summary(f"leaderboard written to {json_path} and {md_path}")
+    for line in failed:
+        print(f"wsss-bench run: failed: {line}", file=sys.stderr)
+    if failed:
+        print(f"wsss-bench run: error: {len(failed)} unit(s) failed or were skipped; the other "
+              f"units are stored and their methods' rows published, the failed methods keep "
+              f"their previous rows: fix the plugin named above and run the same command "
+              f"again", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_config(args: argparse.Namespace):
@@ -370,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "plugins":
                 cmd_plugins(args, out)
             elif args.command == "run":
-                cmd_run(args, out, argv)
+                return cmd_run(args, out, argv)
             elif args.command == "download":
                 cmd_download(args)
             elif args.command == "clean":

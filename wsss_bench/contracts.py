@@ -364,3 +364,108 @@ class Executor(Protocol):
     def run(self, stage: Callable[[Any, Any], Any], units: Sequence[Any], context: Any
             ) -> Iterator[tuple[Any, Any]]: ...
 PROTOCOLS["executors"] = Executor
+
+
+# --- outputs: what the core checks at the boundary, before anything is stored or used --------
+# Each returns what is wrong ("" = ok). The pipeline calls them on every output of every
+# plugin (wsss_bench.guards); a violation fails that unit with one line naming the
+# plugin and its distribution, and nothing of that unit is stored.
+
+CAM_TOLERANCE = 1e-3  # CAM values may exceed [0, 1] by this much (half-precision rounding)
+
+
+def _values(out: Any) -> np.ndarray | None:
+    if isinstance(out, torch.Tensor):
+        return out.detach().cpu().numpy() if out.dtype != torch.bfloat16 else (
+            out.detach().float().cpu().numpy())
+    return out if isinstance(out, np.ndarray) else None
+
+
+def _non_finite(values: np.ndarray) -> str:
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return ""
+    nan = int(np.isnan(values).sum())
+    what = "NaN" if nan == int(bad.sum()) else ("±Inf" if nan == 0 else "NaN/±Inf")
+    return f"{what} in {int(bad.sum())} of {values.size} values"
+
+
+def cam_output_problem(out: Any, shape: tuple[int, ...]) -> str:
+    """A CAM method's output for a batch of images ``shape`` [B,C,H,W]: a float tensor (or
+    array) [B,H,W], finite, within [0, 1]."""
+    expected = (shape[0], *shape[2:])
+    values = _values(out)
+    if values is None:
+        return f"returned a {type(out).__name__}, not a torch.Tensor [B,H,W]"
+    if tuple(values.shape) != expected:
+        return (f"returned shape {tuple(values.shape)} for images {tuple(shape)}; "
+                f"expected {expected}")
+    if not np.issubdtype(values.dtype, np.floating):
+        return f"returned dtype {values.dtype}; expected a floating-point map"
+    if wrong := _non_finite(values):
+        return f"returned {wrong}"
+    low, high = float(values.min()), float(values.max())
+    if low < -CAM_TOLERANCE or high > 1 + CAM_TOLERANCE:
+        return f"returned values in [{low:.4g}, {high:.4g}]; a CAM must lie in [0, 1]"
+    return ""
+
+
+def mask_output_problem(out: Any, expected: tuple[int, ...], what: str) -> str:
+    """An ensemble's ``combine`` or a filter's ``region``: a bool array of ``expected`` shape."""
+    values = _values(out)
+    if values is None:
+        return f"{what} returned a {type(out).__name__}, not a NumPy bool array"
+    if tuple(values.shape) != tuple(expected):
+        return f"{what} returned shape {tuple(values.shape)}; expected {tuple(expected)}"
+    if values.dtype != np.bool_:
+        return f"{what} returned dtype {values.dtype}; expected bool"
+    return ""
+
+
+def fuse_output_problem(out: Any, expected: tuple[int, ...]) -> str:
+    """An ensemble's ``fuse``: a finite float array of ``expected`` shape [B,H,W]."""
+    values = _values(out)
+    if values is None:
+        return f"fuse returned a {type(out).__name__}, not an array"
+    if tuple(values.shape) != tuple(expected):
+        return f"fuse returned shape {tuple(values.shape)}; expected {tuple(expected)}"
+    if not np.issubdtype(values.dtype, np.floating):
+        return f"fuse returned dtype {values.dtype}; expected floating point"
+    if wrong := _non_finite(values):
+        return f"fuse returned {wrong}"
+    return ""
+
+
+def case_problem(case: Any) -> str:
+    """A dataset's case: float32 images [S,C,H,W] and CAM view, finite; bool masks [S,H,W]."""
+    if not isinstance(case, Case):
+        return f"yielded a {type(case).__name__}, not a wsss_bench.contracts.Case"
+    where = f"case {case.case_id!r}"
+    for field_name in ("images", "cam_images"):
+        arr = getattr(case, field_name)
+        if arr is None:
+            continue
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+            dtype = getattr(arr, "dtype", type(arr).__name__)
+            return f"{where}: {field_name} have dtype {dtype}; expected float32"
+        if wrong := _non_finite(arr):
+            return f"{where}: {field_name} contain {wrong}"
+    if not isinstance(case.masks, np.ndarray) or case.masks.dtype != np.bool_:
+        dtype = getattr(case.masks, "dtype", type(case.masks).__name__)
+        return f"{where}: masks have dtype {dtype}; expected bool (True = lesion)"
+    if len(case.images) == 0:
+        return f"{where}: no slices"
+    return ""
+
+
+def logits_problem(out: Any, batch: int, num_classes: int) -> str:
+    """A backbone's output for a batch: finite logits [B, num_classes]."""
+    values = _values(out)
+    if values is None:
+        return f"model returned a {type(out).__name__}, not a tensor of logits"
+    if tuple(values.shape) != (batch, num_classes):
+        return (f"model returned shape {tuple(values.shape)} for a batch of {batch}; expected "
+                f"logits ({batch}, {num_classes})")
+    if wrong := _non_finite(values):
+        return f"model returned {wrong} logits"
+    return ""

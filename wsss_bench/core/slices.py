@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from wsss_bench.contracts import Case, Dataset
 from wsss_bench.errors import UsageError
+from wsss_bench.guards import check_case
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def collect(dataset: Dataset, data_dir: Path | None, image_size: int | None = No
                          f"the {dataset.name} cases")
     images, masks, case_ids, slice_index, cams = [], [], [], [], []
     for case in dataset.cases(data_dir):
+        check_case(dataset, case)
         if image_size is not None:
             case = resize_case(case, image_size)
         cams.append(case.cam_images)

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wsss_bench.errors import UsageError
 from wsss_bench.executors import UnitFailed
 
 
@@ -17,13 +16,12 @@ class LocalExecutor:
 
     def run(self, stage: Callable[[Any, Any], Any], units: Sequence[Any], context: Any
             ) -> Iterator[tuple[Any, Any]]:
-        failed: UnitFailed | None = None  # the first unit that failed for good
+        failed: UnitFailed | None = None  # every unit that failed for good
         for unit in units:
             try:
                 result = stage(unit, context)
             except Exception as exc:  # noqa: BLE001 (named with its unit, one line)
-                failed = failed or UnitFailed(unit, str(exc) if isinstance(exc, UsageError)
-                                              else exc)
+                failed = UnitFailed.add(failed, unit, exc)
                 continue  # the other units go on: what finishes is kept
             yield unit, result
         if failed is not None:

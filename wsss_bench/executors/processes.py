@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from wsss_bench.errors import UsageError
 from wsss_bench.executors import UnitFailed
 
 _CONTEXT: Any = None  # the worker's context (set once per worker process)
@@ -47,7 +46,7 @@ class ProcessesExecutor:
             queue.put(device)
         pool = ProcessPoolExecutor(len(devices), mp_context=spawn, initializer=_start,
                                    initargs=(context, queue, torch.get_num_threads()))
-        failed: UnitFailed | None = None  # the first unit that failed for good
+        failed: UnitFailed | None = None  # every unit that failed for good
         finished = False
         try:
             futures = {pool.submit(_call, stage, unit): unit for unit in units}
@@ -63,8 +62,7 @@ class ProcessesExecutor:
                         broken = broken or unit
                         continue
                     except Exception as exc:  # noqa: BLE001 (named with its unit, one line)
-                        failed = failed or UnitFailed(
-                            unit, str(exc) if isinstance(exc, UsageError) else exc)
+                        failed = UnitFailed.add(failed, unit, exc)
                         continue  # the other units go on: what finishes is kept
                     yield unit, result
                 if broken is not None:

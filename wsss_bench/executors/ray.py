@@ -67,7 +67,7 @@ class RayExecutor:
         shared = ray.put(context.portable(units))  # once per stage, not per task
         refs = {task.remote(stage, unit.portable(), shared, cuda): unit for unit in units}
         pending = list(refs)
-        failed: UnitFailed | None = None  # the first unit that failed for good
+        failed: UnitFailed | None = None  # every unit that failed for good
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -77,12 +77,11 @@ class RayExecutor:
                         result = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:
                         cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                        failed = failed or UnitFailed(
-                            unit, str(cause) if isinstance(cause, UsageError) else cause)
+                        failed = UnitFailed.add(failed, unit, cause)
                         continue  # the other units go on: what finishes is kept
                     except ray.exceptions.RayError as exc:  # the worker died on every try
-                        failed = failed or UnitFailed(unit, f"{type(exc).__name__} after "
-                                                      f"{self.max_retries} retries")
+                        failed = UnitFailed.add(failed, unit, f"{type(exc).__name__} "
+                                                f"after {self.max_retries} retries")
                         continue
                     yield unit, result
             if failed is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from wsss_bench.core.training import autocast, on_device
+from wsss_bench.errors import PluginOutputError
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import CamUnit
 from wsss_bench.pipeline.train import as_tensor, load_model
@@ -17,10 +18,13 @@ from wsss_bench.pipeline.train import as_tensor, load_model
 
 @dataclass(frozen=True)
 class Mapped:
-    """A CAM unit's result: float16[N,H,W] maps by CAM method, and seconds by method."""
+    """A CAM unit's result: float16[N,H,W] maps by CAM method, and seconds by method;
+    ``failed``: the methods whose plugin broke its contract, with the one-line reason (their
+    maps are not stored; the other methods' are)."""
 
     maps: dict[str, np.ndarray]
     seconds: dict[str, float]
+    failed: dict[str, str] = field(default_factory=dict)
 
 
 def make_cams(unit: CamUnit, ctx: Context) -> Mapped:
@@ -29,16 +33,20 @@ def make_cams(unit: CamUnit, ctx: Context) -> Mapped:
     model = load_model(ctx, unit.train.backbone, unit.checkpoint(), unit.output_stride)
     layer = ctx.plugin("backbones", unit.train.backbone).target_layer(model)
     gate = np.asarray(unit.predicted) == 1 if plan.config.gate else None
-    maps, seconds = {}, {}
+    maps, seconds, failed = {}, {}, {}
     for name in unit.todo:
         t0 = time.perf_counter()
-        out = compute_cams(ctx.plugin("cams", name), model, layer, ctx.data.cam_input,
-                           plan.config.cam_batch_size, ctx.torch_device,
-                           target=plan.config.cam_target, gate=gate, amp=plan.amp,
-                           channels_last=plan.channels_last)
+        try:
+            out = compute_cams(ctx.plugin("cams", name), model, layer, ctx.data.cam_input,
+                               plan.config.cam_batch_size, ctx.torch_device,
+                               target=plan.config.cam_target, gate=gate, amp=plan.amp,
+                               channels_last=plan.channels_last)
+        except PluginOutputError as exc:  # this method fails; the others go on
+            failed[name] = str(exc)
+            continue
         maps[name] = out.astype(np.float16)
         seconds[name] = time.perf_counter() - t0
-    return Mapped(maps, seconds)
+    return Mapped(maps, seconds, failed)
 
 
 def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsss_bench import options
+from wsss_bench import guards, options
 from wsss_bench.core.slices import SliceSet
 from wsss_bench.pipeline.plan import EvalUnit, Plan
 from wsss_bench.registry import Registry, resolve
@@ -80,14 +80,16 @@ class Context:
                                    _regions=OrderedDict())
 
     def plugin(self, kind: str, name: str) -> Any:
-        """The named plugin object, configured with the run's options."""
+        """The named plugin object, configured with the run's options; a CAM method, ensemble
+        or filter has its outputs checked (:mod:`wsss_bench.guards`)."""
         if (kind, name) not in self._plugins:
             if self.registry is None:
                 from wsss_bench.registry import load_registry
 
                 self.registry = load_registry()
             obj = resolve(self.registry, kind, [name])[0]
-            self._plugins[(kind, name)] = options.configure(obj, self.plan.options.get(name, {}))
+            obj = options.configure(obj, self.plan.options.get(name, {}))
+            self._plugins[(kind, name)] = guards.guard(kind, obj, self.plan.versions)
         return self._plugins[(kind, name)]
 
     def cams(self, key: str) -> np.ndarray:

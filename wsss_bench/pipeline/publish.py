@@ -14,6 +14,7 @@ from wsss_bench.core import leaderboard
 from wsss_bench.core.metrics import METRIC_NAMES
 from wsss_bench.core.progress import Reporter
 from wsss_bench.core.provenance import run_info
+from wsss_bench.errors import RunIncomplete
 from wsss_bench.pipeline import evaluate
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import EvalUnit, Plan
@@ -45,10 +46,13 @@ class MethodResult:
 
 
 def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, Any]]]],
-         strides: dict[str, int], reused: int, reporter: Reporter) -> list[dict[str, Any]]:
-    """Leaderboard rows: seed-major, fold by fold, the Empty baseline first."""
+         strides: dict[str, int], reused: int, reporter: Reporter,
+         incomplete: set[str] = frozenset()) -> list[dict[str, Any]]:
+    """Leaderboard rows: seed-major, fold by fold, the Empty baseline first. A method in
+    ``incomplete`` (a unit of it failed) gets no row: a leaderboard keeps its previous one."""
     results: dict[str, MethodResult] = {}
     by_fold: dict[tuple[int, int], list[tuple[EvalUnit, dict[str, Any]]]] = {}
+    found = [(u, r) for u, r in found if results_key(u, ctx) not in incomplete]
     for unit, per_fold in found:
         for fold, result in zip(unit.folds, per_fold, strict=True):
             by_fold.setdefault((unit.seed, fold), []).append((unit, result))
@@ -66,6 +70,8 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
                 res = results.setdefault(res.method, res)
                 res.thresholds.append(result["thresholds"])
                 res.folds.append(result["metrics"])
+            if not done:
+                continue
             best = max(done, key=lambda p: p[1]["metrics"]["paper_dsc"])
             reporter.summary(
                 f"[bold]evaluate[/] {plan.label(seed, fold)}: {len(done)} (cam, filter, "
@@ -105,10 +111,12 @@ def _row(plan: Plan, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
 
 def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
                     command: str | None = None) -> dict[str, Any]:
-    """Run ``config`` and merge its rows into ``<leaderboard_dir>/<dataset>.json`` and ``.md``."""
-    from wsss_bench.pipeline.run import run
+    """Run ``config`` and merge its rows into ``<leaderboard_dir>/<dataset>.json`` and ``.md``;
+    :class:`RunIncomplete` (carrying the board) after publishing when some unit failed."""
+    from wsss_bench.pipeline.run import execute
 
-    found_rows, folds = run(config, registry, reporter)
+    outcome = execute(config, registry, reporter)
+    found_rows, folds = outcome.rows, outcome.folds
     for row in found_rows:
         row["run"]["command"] = command
     header = {"split": folds, "split_seed": None if config.folds_file else config.seed,
@@ -119,5 +127,8 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
         header["deviations"] = [dataclasses.asdict(d)
                                 for d in deviations.for_run(config.dataset)]
         header["preset_overrides"] = presets.overrides(config, registry)
-    return leaderboard.update(Path(config.leaderboard_dir), config.dataset, found_rows, header,
-                              name=config.leaderboard_name)
+    board = leaderboard.update(Path(config.leaderboard_dir), config.dataset, found_rows, header,
+                               name=config.leaderboard_name)
+    if outcome.failures:  # published what is whole; the caller reports the rest
+        raise RunIncomplete(outcome.failures, board)
+    return board

@@ -11,6 +11,7 @@ the executor, store every result, publish the rows.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,8 @@ import torch
 
 from wsss_bench.core.progress import Reporter
 from wsss_bench.core.store import Store, digest
-from wsss_bench.errors import UsageError
+from wsss_bench.errors import RunIncomplete, UsageError
+from wsss_bench.executors import UnitFailed
 from wsss_bench.pipeline import cams, evaluate, publish, train
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.folds import split
@@ -29,9 +31,30 @@ from wsss_bench.pipeline.settings import RunConfig
 from wsss_bench.registry import Registry
 
 
+@dataclass
+class Outcome:
+    """What a run produced: the leaderboard rows of every whole method, the fold split, and
+    one line per unit that failed or was skipped because a unit it needs failed."""
+
+    rows: list[dict[str, Any]]
+    folds: list[list[str]]
+    failures: list[str] = field(default_factory=list)
+
+
 def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
         ) -> tuple[list[dict[str, Any]], list[list[str]]]:
-    """Run ``config``: its leaderboard rows and the fold split."""
+    """Run ``config``: its leaderboard rows and the fold split (:class:`RunIncomplete` when a
+    unit failed: use :func:`execute` for the partial outcome)."""
+    outcome = execute(config, registry, reporter)
+    if outcome.failures:
+        raise RunIncomplete(outcome.failures)
+    return outcome.rows, outcome.folds
+
+
+def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None
+            ) -> Outcome:
+    """Run ``config`` unit by unit; a failed unit fails the units that need it, and the
+    methods it touches get no row (their previous leaderboard rows stay)."""
     reporter = reporter or Reporter(quiet=True)
     plan = Plan.build(config, registry)
     torch.manual_seed(config.seed)
@@ -45,29 +68,69 @@ def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
         "cache": data.origin if data.origin.startswith("cache/") else None})
     ctx = dataclasses.replace(ctx, plan=plan, data=data, store_root=store.root)
     executor = ctx.plugin("executors", plan.executor)
+    failures: list[str] = []
+    bad_train: set[str] = set()  # keys of train units that failed
+    bad_cams: set[str] = set()  # keys of CAM units that failed or could not be made
 
-    def execute(stage, units, title: str, commit) -> None:
-        done = 0
+    def stage(function, units, title: str, commit) -> None:
+        """Run ``units`` on the executor, committing each result; record the failed ones."""
+        done: set[str] = set()
+        failed: list[tuple[Any, str]] = []
         with reporter.task(title, total=len(units)) as advance:
-            for unit, result in executor.run(stage, units, ctx):
-                commit(unit, result)
-                advance(1)
-                done += 1
-        if done != len(units):  # a broken executor plugin: say so, store nothing wrong
-            raise UsageError(f"executor {plan.executor!r} returned {done} of {len(units)} "
+            try:
+                for unit, result in executor.run(function, units, ctx):
+                    commit(unit, result)
+                    done.add(unit.describe())
+                    advance(1)
+            except UnitFailed as exc:
+                failed = exc.failures
+        reasons = {unit.describe(): cause for unit, cause in failed}
+        lost = [u for u in units if u.describe() not in done]
+        if not failed and lost:  # a broken executor plugin: say so, store nothing wrong
+            raise UsageError(f"executor {plan.executor!r} returned {len(done)} of {len(units)} "
                              f"{title} units; fix or replace the executor plugin")
+        for unit in lost:
+            cause = reasons.get(unit.describe(), "the executor gave no reason")
+            failures.append(f"{unit.describe()}: {cause}; nothing was stored for it")
+            if isinstance(unit, TrainUnit):
+                bad_train.add(unit.key)
+            elif isinstance(unit, CamUnit):
+                bad_cams.update(unit.keys[name][0] for name in unit.todo)
 
-    execute(train.train, pending_train(plan, store, reporter), "train",
-            lambda u, r: commit_train(plan, store, reporter, u, r))
-    execute(cams.make_cams, pending_cams(plan, store, reporter), "cams",
-            lambda u, r: commit_cams(store, reporter, u, r, len(data)))
+    def commit_maps(unit: CamUnit, result: cams.Mapped) -> None:
+        commit_cams(store, reporter, unit, result, len(data))
+        for name, cause in result.failed.items():
+            bad_cams.add(unit.keys[name][0])
+            failures.append(f"cams {name} {unit.train.label}: {cause}; nothing was stored "
+                            f"for it")
+
+    stage(train.train, pending_train(plan, store, reporter), "train",
+          lambda u, r: commit_train(plan, store, reporter, u, r))
+    for unit in plan.cams:  # the CAMs of a classifier that could not be trained
+        if unit.train.key in bad_train:
+            bad_cams.update(key for key, _ in unit.keys.values())
+    stage(cams.make_cams, pending_cams(plan, store, reporter, skip=bad_train), "cams",
+          commit_maps)
     found = reused_evaluations(plan, store)  # by the unit's first key
-    todo = [u for u in plan.evaluate if u.keys[0][0] not in found]
-    execute(evaluate.evaluate, todo, "evaluate",
-            lambda u, r: found.update({u.keys[0][0]: (u, commit_evaluate(store, u, r))}))
-    strides = {u.backbone: store.info("train", u.key)["output_stride"] for u in plan.train}
-    return publish.rows(plan, ctx, list(found.values()), strides, len(plan.evaluate) - len(todo),
-                        reporter), folds
+    blocked = {u.keys[0][0] for u in plan.evaluate
+               if any(k in bad_cams for keys in u.cam_keys for k in keys)}
+    for unit in plan.evaluate:
+        if unit.keys[0][0] in blocked:
+            failures.append(f"{unit.describe()}: skipped, it needs CAMs that failed above")
+    todo = [u for u in plan.evaluate if u.keys[0][0] not in found and u.keys[0][0] not in blocked]
+
+    def commit_eval(unit: EvalUnit, result: list[dict[str, Any]]) -> None:
+        found[unit.keys[0][0]] = (unit, commit_evaluate(store, unit, result))
+
+    stage(evaluate.evaluate, todo, "evaluate", commit_eval)
+    whole = [pair for key, pair in found.items() if key not in blocked]
+    incomplete = {publish.results_key(u, ctx) for u in plan.evaluate
+                  if u.keys[0][0] not in found or u.keys[0][0] in blocked}
+    strides = {u.backbone: store.info("train", u.key)["output_stride"] for u in plan.train
+               if u.key not in bad_train}
+    rows = publish.rows(plan, ctx, whole, strides, len(plan.evaluate) - len(todo), reporter,
+                        incomplete=incomplete)
+    return Outcome(rows, folds, failures)
 
 
 def pending_train(plan: Plan, store: Store, reporter: Reporter) -> list[TrainUnit]:
@@ -95,9 +158,14 @@ def commit_train(plan: Plan, store: Store, reporter: Reporter, unit: TrainUnit,
         f"({info['seconds']:.1f} s)")
 
 
-def pending_cams(plan: Plan, store: Store, reporter: Reporter) -> list[CamUnit]:
+def pending_cams(plan: Plan, store: Store, reporter: Reporter, skip: set[str] = frozenset()
+                 ) -> list[CamUnit]:
+    """The CAM units to make (with the methods missing from the store); ``skip``: keys of
+    train units that failed (their CAMs cannot be made)."""
     todo = []
     for unit in plan.cams:
+        if unit.train.key in skip:
+            continue
         missing = []
         for name, (key, _) in unit.keys.items():
             if store.ready("cams", key):

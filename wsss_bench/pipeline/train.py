@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsss_bench import guards
 from wsss_bench.core.training import TrainConfig, autocast, on_device, train_classifier
 from wsss_bench.errors import UsageError
 from wsss_bench.pipeline.context import Context
@@ -40,10 +42,17 @@ def train(unit: TrainUnit, ctx: Context) -> Trained:
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
                        amp=plan.amp, channels_last=plan.channels_last,
                        precise_bn=cfg.precise_bn == "on")
+    backbone = ctx.plugin("backbones", unit.backbone)
+    probe(model, backbone, data.images[train_idx[:2]], plan.versions)
     t0 = time.perf_counter()
     result = train_classifier(model, data.images[train_idx], data.labels[train_idx], tcfg, device)
+    if not np.isfinite(result.losses).all():
+        raise guards.fail(guards.label("backbones", backbone, plan.versions),
+                          f"training diverged (loss per epoch {result.losses})")
     predicted = predict(result.model, data.images, cfg.cam_batch_size, device, amp=plan.amp,
-                        channels_last=plan.channels_last)
+                        channels_last=plan.channels_last,
+                        check=lambda out, n: guards.check_logits(backbone, out, n,
+                                                                 versions=plan.versions))
     val_accuracy = float((predicted[val_idx] == data.labels[val_idx]).mean())
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
@@ -91,14 +100,34 @@ def load_model(ctx: Context, name: str, checkpoint: bytes, stride: int) -> torch
 
 
 @torch.no_grad()
+def probe(model: torch.nn.Module, backbone: Any, images: np.ndarray,
+          versions: dict[str, str]) -> None:
+    """One forward pass (eval mode, no gradient, no randomness) of a freshly built classifier
+    on two slices: logits [2, 2], finite, or a PluginOutputError naming the backbone."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = as_tensor(images)
+        out = guards.call(guards.label("backbones", backbone, versions), model, x)
+    finally:
+        model.train(was_training)
+    guards.check_logits(backbone, out, len(x), versions=versions)
+
+
+@torch.no_grad()
 def predict(model, images: np.ndarray, batch_size: int, device: torch.device,
-            amp: bool = False, channels_last: bool = False) -> np.ndarray:
-    """Predicted class int64[N] of every slice (eval mode)."""
+            amp: bool = False, channels_last: bool = False,
+            check: Callable[[torch.Tensor, int], None] | None = None) -> np.ndarray:
+    """Predicted class int64[N] of every slice (eval mode); ``check(logits, batch)`` sees
+    every batch's output first."""
     out = []
     with autocast(device, amp):
         for s in range(0, len(images), batch_size):
             x = on_device(as_tensor(images[s : s + batch_size]), device, channels_last)
-            out.append(model(x).argmax(1).cpu())
+            logits = model(x)
+            if check is not None:
+                check(logits, len(x))
+            out.append(logits.argmax(1).cpu())
     return torch.cat(out).numpy()
 
 

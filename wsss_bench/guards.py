@@ -11,6 +11,7 @@ plugin and its distribution: the unit fails and nothing of it is stored.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
@@ -135,6 +136,23 @@ def check_case(dataset: Any, case: Any) -> Any:
     if problem := contracts.case_problem(case):
         raise fail(label("datasets", dataset), problem)
     return case
+
+
+def guarded_cases(dataset: Any, data_dir: Any) -> Iterator[Any]:
+    """``dataset.cases(data_dir)``, each case checked; an exception inside the plugin becomes
+    a PluginOutputError naming it (a UsageError it raises stays as it is)."""
+    who = label("datasets", dataset)
+    cases = iter(call(who, dataset.cases, data_dir))
+    while True:
+        try:
+            case = next(cases)
+        except StopIteration:
+            return
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (the plugin's own failure, named)
+            raise raised(who, exc) from exc
+        yield check_case(dataset, case)
 
 
 def check_logits(backbone: Any, out: Any, batch: int, num_classes: int = 2,

@@ -31,7 +31,7 @@ from wsss_bench.core import atomic
 from wsss_bench.core.progress import Reporter
 from wsss_bench.core.slices import SliceSet, join_cam_views, resize_case
 from wsss_bench.errors import UsageError
-from wsss_bench.guards import check_case
+from wsss_bench.guards import call, check_case, label
 
 CACHE_FORMAT = 1
 FILES = ("images.npy", "masks.npy", "case_ids.npy", "slice_index.npy")
@@ -80,7 +80,7 @@ def _decode(job: tuple[Any, CaseFiles, int | None]) -> Decoded:
     """Decode one case (in a worker): ``(case_id, images float16, masks bool, CAM view float16
     or None)``."""
     dataset, source, image_size = job
-    case = check_case(dataset, dataset.load(source))
+    case = check_case(dataset, call(label("datasets", dataset), dataset.load, source))
     if image_size is not None:
         case = resize_case(case, image_size)
     cam = None if case.cam_images is None else case.cam_images.astype(np.float16)

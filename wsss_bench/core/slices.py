@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from wsss_bench.contracts import Case, Dataset
 from wsss_bench.errors import UsageError
-from wsss_bench.guards import check_case
+from wsss_bench.guards import guarded_cases
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,7 @@ def collect(dataset: Dataset, data_dir: Path | None, image_size: int | None = No
         raise UsageError(f"--data-dir {data_dir}: no such folder; pass the folder that holds "
                          f"the {dataset.name} cases")
     images, masks, case_ids, slice_index, cams = [], [], [], [], []
-    for case in dataset.cases(data_dir):
-        check_case(dataset, case)
+    for case in guarded_cases(dataset, data_dir):
         if image_size is not None:
             case = resize_case(case, image_size)
         cams.append(case.cam_images)

@@ -62,6 +62,8 @@ def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> N
     (["run", "-o", "phantom.colour=red"], ["no option 'colour'", "n_cases"]),
     (["run", "-o", "phantom.size=big"], ["phantom.size=big", "int"]),
     (["run", "-o", "phantom.size=8"], ["size"]),
+    (["run", "-o", "phantom.needs_data_dir=true"], ["no option 'needs_data_dir'", "n_cases"]),
+    (["run", "--filters", "brain", "-o", "brain.learned=true"], ["no option 'learned'"]),
     (["run", "-o", "resnet50.x=1"], ["no plugin called 'resnet50'"]),
     (["run", "--data-dir", "/nonexistent/dir"], ["/nonexistent/dir", "no such folder"]),
     (["run", "--bogus"], ["unrecognized arguments: --bogus"]),
@@ -97,6 +99,86 @@ def test_version_and_help():
     for sub in ("run", "plugins", "leaderboard"):
         done = cli(sub, "--help")
         assert done.returncode == 0 and "usage: wsss-bench" in done.stdout
+
+
+def _option_rows(out: str) -> dict[tuple[str, str], list[str]]:
+    """(plugin, option) -> the cells of its first line in the `plugins --options` table."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 6 and cells[1] and cells[2]:
+            rows[(cells[1], cells[2])] = cells
+    return rows
+
+
+def test_plugins_options_lists_each_option_with_type_default_and_help(capsys):
+    assert run_main(["plugins", "--options"]) == 0
+    rows = _option_rows(capsys.readouterr().out)
+    assert rows[("phantom", "size")][:5] == ["datasets", "phantom", "size", "int", "64"]
+    assert rows[("phantom", "size")][5].startswith("slice side in pixels")
+    assert rows[("phantom", "n_cases")][3:5] == ["int", "24"]
+    assert rows[("center-box", "side")][3:5] == ["float", "0.5"]
+    assert rows[("center-box", "side")][5].startswith("side of the kept centred box")
+    assert rows[("smoothgradcam++", "samples")][3:5] == ["int", "8"]
+    assert rows[("processes", "workers")][3:5] == ["int", "2"]
+    assert rows[("resnet18", "pretrained_tag")][3:5] == ["str", '""']
+    assert rows[("gradcam", "-")][5] == "(no options)"
+    assert not {k for k in rows if k[1] in {"needs_data_dir", "cache_version", "model_name",
+                                            "output_strides", "learned", "symbol", "box"}}
+
+
+def test_plugins_json_gives_every_plugin_its_options():
+    done = cli("plugins", "--json")
+    assert done.returncode == 0, done.stderr
+    entries = {e["name"]: e for e in json.loads(done.stdout)}
+    assert all(isinstance(e["options"], list) for e in entries.values())
+    phantom = {o["name"]: o for o in entries["phantom"]["options"]}
+    assert list(phantom) == ["n_cases", "n_slices", "size", "seed", "noise", "contrast"]
+    assert phantom["size"] == {"name": "size", "type": "int", "default": 64, "value": 64,
+                               "help": phantom["size"]["help"]}
+    assert phantom["noise"]["default"] == 0.03 and "Rician" in phantom["noise"]["help"]
+    assert [o["name"] for o in entries["brats"]["options"]] == [
+        "modalities", "crop", "cam_binarize", "cam_value", "cam_modality"]
+    assert entries["and"]["options"] == [] and entries["learned-box"]["options"][0]["name"] == \
+        "margin"
+    for e in entries.values():
+        for o in e["options"]:
+            assert set(o) == {"name", "type", "default", "value", "help"}
+            assert o["help"] and o["help"] != "(no help)", (e["name"], o["name"])
+
+
+def test_plugins_options_shows_no_help_for_a_third_party_option_without_it(monkeypatch, capsys):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    import wsss_bench
+    from wsss_bench import registry
+
+    @dataclass(frozen=True)
+    class Threshold:  # a third-party filter whose option has no help text
+        name: str = "threshold"
+        description: str = "keep pixels above level"
+        learned: ClassVar[bool] = False
+        level: float = 0.25
+
+        def region(self, images):
+            return images[:, 0] > self.level
+
+    class Plugin:
+        @staticmethod
+        @wsss_bench.hookimpl
+        def register_filters(register):
+            register(Threshold())
+
+    load = registry.load_registry
+    monkeypatch.setattr(registry, "load_registry", lambda: load(extra_plugins={"t": Plugin()}))
+    assert run_main(["plugins", "--options"]) == 0
+    row = _option_rows(capsys.readouterr().out)[("threshold", "level")]
+    assert row == ["filters", "threshold", "level", "float", "0.25", "(no help)"]
+    assert run_main(["plugins", "--json"]) == 0
+    threshold = [e for e in json.loads(capsys.readouterr().out) if e["name"] == "threshold"]
+    assert threshold[0]["options"] == [{"name": "level", "type": "float", "default": 0.25,
+                                        "value": 0.25, "help": "(no help)"}]
 
 
 def _check_row_schema(row: dict, n_folds: int) -> None:

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import wsss_bench
-from wsss_bench import testing
+from wsss_bench import options, testing
 from wsss_bench.contracts import Case
+from wsss_bench.options import option
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +64,7 @@ def test_unknown_names_are_an_error():
 class BadCam:
     name: str = "bad-cam"
     description: str = "broken on purpose"
-    fault: str = "nan"
+    fault: str = option("nan", "what is broken: nan, range, shape or grad")
 
     def cam(self, model, target_layer, images, target=None):
         b, _, h, w = images.shape
@@ -129,7 +130,7 @@ class BadDataset:
     name: str = "bad-dataset"
     description: str = "broken on purpose"
     needs_data_dir: bool = False
-    fault: str = "nan"
+    fault: str = option("nan", "what is broken: nan, masks or view")
     reads_files: ClassVar[bool] = False
     archive: ClassVar[None] = None
     download_note: ClassVar[str] = "generated"
@@ -168,3 +169,32 @@ def test_kit_catches_a_missing_declared_attribute():
                        match=r"filter 'no-learned' \(.*NoLearned\).*missing declared attribute "
                              r"`learned`"):
         testing.check_plugin("filters", NoLearned())
+
+
+@dataclasses.dataclass(frozen=True)
+class NoHelpFilter:
+    """A third-party filter whose option declares no help text."""
+
+    name: str = "no-help"
+    description: str = "keeps the pixels above `level`"
+    learned: ClassVar[bool] = False
+    level: float = 0.0
+
+    def region(self, images):
+        return np.asarray(images).max(axis=1) > self.level
+
+
+def test_kit_asks_every_option_for_its_help_text():
+    with pytest.raises(AssertionError, match=r"filter 'no-help' \(NoHelpFilter\): option `level` "
+                                             r"has no help text.*wsss_bench.options.option"):
+        testing.check_filter(NoHelpFilter())
+    with pytest.raises(AssertionError, match="no-help.*option `level` has no help text"):
+        testing.check_plugin("filters", NoHelpFilter())
+
+
+def test_every_builtin_option_has_a_one_line_help():
+    for entry in REGISTRY.entries():
+        for f in options.option_fields(entry.obj, entry.kind).values():
+            text = options.help_text(f)
+            assert len(text) > 15 and "\n" not in f.metadata["help"], (entry.name, f.name)
+        assert options.option_problems(entry.obj, entry.kind) == [], entry.name

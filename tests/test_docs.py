@@ -58,3 +58,23 @@ def test_committed_leaderboards_are_real_runs_with_their_command(name):
     assert all(r["run"]["device"].startswith("cpu") for r in measured)
     assert (ROOT / "leaderboards" / f"{name}.md").read_text() == leaderboard.render_markdown(board)
     assert f"- Reproduce: `{board['command']}`" in leaderboard.render_markdown(board)
+
+
+def test_plugin_options_are_documented_and_every_builtin_option_has_help():
+    """The README names every flag of `wsss-bench plugins`; CONTRIBUTING shows how an option
+    declares its help and where it is listed; every built-in option states its help."""
+    import wsss_bench
+    from wsss_bench import options
+    from wsss_bench.cli import build_parser
+
+    plugins = build_parser()._subparsers._group_actions[0].choices["plugins"]
+    flags = {s for a in plugins._actions for s in a.option_strings} - {"-h", "--help"}
+    readme, contributing = ((ROOT / n).read_text() for n in ("README.md", "CONTRIBUTING.md"))
+    assert flags == {"--json", "--options"}
+    for flag in flags:
+        assert f"plugins {flag}" in readme or f"plugins [{flag}]" in readme, flag
+    assert "wsss_bench.options import option" in contributing
+    assert "wsss-bench plugins --options" in contributing
+    for entry in wsss_bench.load_registry().entries():
+        for o in options.describe(entry.obj, entry.kind):
+            assert o["help"] != options.NO_HELP, f"{entry.name}.{o['name']} has no help"

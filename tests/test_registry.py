@@ -173,7 +173,7 @@ def test_plugins_json_lists_every_builtin_and_third_party(use_dist):
     out = subprocess.run([sys.executable, "-m", "wsss_bench.cli", "plugins", "--json"],
                          capture_output=True, text=True, env=env, check=True).stdout
     rows = json.loads(out)
-    assert all(set(r) == {"kind", "name", "source", "description"} for r in rows)
+    assert all(set(r) == {"kind", "name", "source", "description", "options"} for r in rows)
     listed = {(r["kind"], r["name"]): r["source"] for r in rows}
     for kind, names in BUILTINS.items():
         for name in names:

@@ -63,8 +63,12 @@ def build_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
 
     p = sub.add_parser("plugins", help="list every installed plugin object",
-                       description="List every dataset, backbone, CAM, ensemble and filter.")
-    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+                       description="List every dataset, backbone, CAM, ensemble, filter and "
+                                   "executor; --options lists what -o NAME.KEY=VALUE can set.")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list instead of a table (with each plugin's options)")
+    p.add_argument("--options", action="store_true",
+                   help="list each plugin's options: name, type, default and help")
 
     r = sub.add_parser("run", help="run the benchmark and update the leaderboard",
                        argument_default=argparse.SUPPRESS,  # only given flags override
@@ -191,13 +195,17 @@ def build_parser() -> ArgumentParser:
 
 
 def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
+    from wsss_bench import options
     from wsss_bench.registry import load_registry
 
     registry = load_registry()
-    entries = [{"kind": e.kind, "name": e.name, "source": e.source, "description": e.description}
-               for e in registry.entries()]
+    entries = [{"kind": e.kind, "name": e.name, "source": e.source, "description": e.description,
+                "options": options.describe(e.obj, e.kind)} for e in registry.entries()]
     if args.json:
         print(json.dumps(entries, indent=2))
+        return
+    if args.options:
+        out.print(_options_table(entries))
         return
     table = Table(title="wsss-bench plugins")
     for col in ("kind", "name", "source", "description"):
@@ -205,6 +213,31 @@ def cmd_plugins(args: argparse.Namespace, out: Console) -> None:
     for e in entries:
         table.add_row(e["kind"], e["name"], e["source"], e["description"])
     out.print(table)
+
+
+def _options_table(entries: list[dict[str, Any]]) -> Table:
+    """One row per option (one per plugin without options): set with -o NAME.OPTION=VALUE."""
+    table = Table(title="wsss-bench plugin options (set with -o NAME.OPTION=VALUE)")
+    for col in ("kind", "name", "option", "type", "default", "help"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        if not e["options"]:
+            none = ("(a family: each member it resolves has its own options)"
+                    if e["name"].endswith(":") else "(no options)")
+            table.add_row(e["kind"], e["name"], "-", "", "", none)
+        for o in e["options"]:
+            default = _option_text(o["default"])
+            if o["value"] != o["default"]:
+                default += f" (registered: {_option_text(o['value'])})"
+            table.add_row(e["kind"], e["name"], o["name"], o["type"], default, o["help"])
+    return table
+
+
+def _option_text(value: Any) -> str:
+    """An option value as typed after ``-o NAME.KEY=``: lists comma-separated, "" shown."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return '""' if value == "" else str(value)
 
 
 def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> int:

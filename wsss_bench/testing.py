@@ -41,6 +41,7 @@ from wsss_bench.contracts import (
     declared_problems,
     pixel_rule_count,
 )
+from wsss_bench.options import option_problems
 
 SINGULAR = {"datasets": "dataset", "backbones": "backbone", "cams": "CAM method",
             "ensembles": "ensemble", "filters": "filter", "executors": "executor"}
@@ -73,6 +74,8 @@ class _Check:
         self.that(isinstance(description, str) and description.strip(),
                   "`description` must be a non-empty str")
         problems = declared_problems(self.kind, self.obj)
+        self.that(not problems, "; ".join(problems))
+        problems = option_problems(self.obj, self.kind)  # every option states its help
         self.that(not problems, "; ".join(problems))
         self.that(isinstance(self.obj, PROTOCOLS[self.kind]),
                   f"does not have the methods of wsss_bench.contracts."

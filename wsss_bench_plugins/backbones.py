@@ -20,6 +20,7 @@ from torch import nn
 
 from wsss_bench import hookimpl
 from wsss_bench.errors import UsageError
+from wsss_bench.options import option
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 LIST_MODELS = 'python -c "import timm; print(timm.list_models())"'
@@ -126,10 +127,10 @@ class TimmBackbone:
     fixed_fields: ClassVar[tuple[str, ...]] = ("model_name", "output_strides")
     model_name: str  # declared (wsss_bench.contracts.Backbone): timm's model name
     description: str
-    weights_url: str = ""  # with --pretrained: download from this URL instead of timm's hub
-    # with --pretrained: timm's weight tag (e.g. tv_in1k: torchvision's ImageNet weights);
-    # "" = timm's default tag for the model
-    pretrained_tag: str = ""
+    weights_url: str = option("", "with --pretrained: download the weights from this URL "
+                                  "instead of timm's hub (\"\" = the hub)")
+    pretrained_tag: str = option("", "with --pretrained: timm's weight tag, e.g. tv_in1k for "
+                                     "torchvision's ImageNet weights (\"\" = timm's default)")
     # option values left out of unit keys while they hold them: an option added later stays
     # out of the keys at its neutral default, so stores made before it existed stay valid
     key_neutral: ClassVar[dict[str, Any]] = {"pretrained_tag": ""}

@@ -28,6 +28,7 @@ import numpy as np
 from wsss_bench import hookimpl
 from wsss_bench.contracts import Case, CaseFiles
 from wsss_bench.hookspecs import Register
+from wsss_bench.options import option
 from wsss_bench.volumes import (
     DataError,
     FileDatasetBase,
@@ -47,6 +48,19 @@ RELEASE = "MICCAI_BraTS2020_TrainingData"
 WHERE = "https://www.med.upenn.edu/cbica/brats2020/registration.html"
 DEFAULT_CROP = "56:184,56:184,13:141"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+# the help of the options brats and msd-brain share
+BRAIN_HELP = {
+    "modalities": "training-view channels in this order, comma-separated, from flair, t1, t1ce, "
+                  "t2",
+    "crop": "x0:x1,y0:y1,z0:z1 voxel box kept after the per-slice min-max, or none (default: "
+            "128 slices of 128x128)",
+    "cam_binarize": "CAM view: pixels of cam_modality >= this become cam_value, the rest 0; "
+                    "0 = no CAM view (CAMs see the training view)",
+    "cam_value": "value of the CAM view's pixels at or above cam_binarize (the authors' 255; 1 = "
+                 "the training view's range)",
+    "cam_modality": "modality the CAM view is made from when cam_binarize > 0: flair, t1, t1ce "
+                    "or t2",
+}
 
 
 def parse_modalities(text: str, owner: str, one: bool = False) -> tuple[str, ...]:
@@ -143,11 +157,11 @@ class Brats(FileDatasetBase):
     name: str = "brats"
     description: str = "BraTS 2020 training data, whole tumour, FLAIR 128x128 crops (no download)"
     needs_data_dir: bool = True
-    modalities: str = "flair"
-    crop: str = DEFAULT_CROP
-    cam_binarize: float = 0.0
-    cam_value: float = 255.0
-    cam_modality: str = "flair"
+    modalities: str = option("flair", BRAIN_HELP["modalities"])
+    crop: str = option(DEFAULT_CROP, BRAIN_HELP["crop"])
+    cam_binarize: float = option(0.0, BRAIN_HELP["cam_binarize"])
+    cam_value: float = option(255.0, BRAIN_HELP["cam_value"])
+    cam_modality: str = option("flair", BRAIN_HELP["cam_modality"])
     cache_version: int = 2
     fixed_fields = ("needs_data_dir", "cache_version")
     # declared (wsss_bench.contracts.Dataset); reads_files comes from FileDatasetBase

@@ -19,6 +19,7 @@ from wsss_bench.cam_engine import (
     finish_cam,
     smooth_gradients,
 )
+from wsss_bench.options import option
 
 
 def _size(images: torch.Tensor) -> tuple[int, int]:
@@ -89,10 +90,12 @@ class SmoothGradCAMPlusPlus:
 
     name: str = "smoothgradcam++"
     description: str = "SmoothGrad-CAM++: Grad-CAM++ with gradient moments over noisy copies"
-    samples: int = 8
-    sigma: float = 0.15
-    seed: int = 0
-    max_batch: int = 256
+    samples: int = option(8, "noisy copies of each image whose gradient moments are averaged")
+    sigma: float = option(0.15, "noise std as a fraction of each image's intensity range "
+                                "(max - min); 0 = Grad-CAM++")
+    seed: int = option(0, "seed of the noise (the same noise for every image of a batch)")
+    max_batch: int = option(256, "most images per forward pass of the noisy copies (bounds "
+                                 "memory; the clean pass included)")
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.sigma < 0 or self.max_batch < 1:

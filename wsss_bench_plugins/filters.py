@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 
 from wsss_bench import hookimpl
+from wsss_bench.options import option
 
 _EPS = 1e-9  # tolerance for float rounding in n·(1-f)/2 (e.g. 20·(1-0.9) = 1.9999999999999996)
 
@@ -93,7 +94,8 @@ class CenterBox:
     name: str = "center-box"
     learned: ClassVar[bool] = False  # declared: no fit()
     description: str = "keep a centred box of `side` × the image side (paper: Decathlon)"
-    side: float = 0.5
+    side: float = option(0.5, "side of the kept centred box as a fraction of the image's "
+                              "height and width, in (0, 1]")
 
     def __post_init__(self) -> None:
         _fraction(self.name, "side", self.side, low_open=True)
@@ -117,7 +119,8 @@ class Brain:
     name: str = "brain"
     learned: ClassVar[bool] = False  # declared: no fit()
     description: str = "keep the brain: any channel above `background` (BraTS, normalised)"
-    background: float = 0.0
+    background: float = option(0.0, "intensity a pixel must exceed in some channel to count "
+                                    "as brain (normalised slices: background is 0)")
 
     def __post_init__(self) -> None:
         if (not isinstance(self.background, numbers.Real) or isinstance(self.background, bool)
@@ -143,8 +146,10 @@ class BrainBand:
     learned: ClassVar[bool] = False  # declared: no fit()
     description: str = ("the brain minus a band of `width` × the height around the central row "
                         "(paper: BraTS)")
-    width: float = 0.1
-    background: float = 0.0
+    width: float = option(0.1, "height of the removed band of central rows as a fraction of "
+                               "the image height, in [0, 1] (0 = brain)")
+    background: float = option(0.0, "intensity a pixel must exceed in some channel to count "
+                                    "as brain (normalised slices: background is 0)")
 
     def __post_init__(self) -> None:
         _fraction(self.name, "width", self.width, low_open=False)
@@ -181,7 +186,8 @@ class LearnedBox:
     learned: ClassVar[bool] = True  # declared: fit() returns the fitted filter
     description: str = ("keep the bounding box of the training lesions grown by `margin` × the "
                         "side (fit on the training folds)")
-    margin: float = 0.05
+    margin: float = option(0.05, "growth of the fitted lesion box on each side, as a fraction "
+                                 "of the image height (rows) and width (columns), in [0, 1]")
     box: tuple[int, int, int, int] | None = None  # fitted: rows [top, bottom), cols [left, right)
     shape: tuple[int, int] | None = None  # fitted: the (H, W) of the training slices
     fixed_fields: ClassVar[tuple[str, ...]] = ("box", "shape")  # set by fit, not options

@@ -31,6 +31,7 @@ from wsss_bench import hookimpl
 from wsss_bench.contracts import Case, CaseFiles
 from wsss_bench.download import Archive
 from wsss_bench.hookspecs import Register
+from wsss_bench.options import option
 from wsss_bench.volumes import (
     DataError,
     FileDatasetBase,
@@ -48,6 +49,7 @@ from wsss_bench.volumes import (
     to_slices,
 )
 from wsss_bench_plugins.brats import (
+    BRAIN_HELP,
     DEFAULT_CROP,
     cam_view,
     check_brain_options,
@@ -115,10 +117,13 @@ class Decathlon(MsdTask):
     name: str = "decathlon"
     description: str = "MSD Task05 prostate (CC-BY-SA 4.0), ADC slices at 320x320, downloadable"
     needs_data_dir: bool = True
-    modality: str = "adc"
-    size: int = 320
-    url: str = f"{HOST}/Task05_Prostate.tar"
-    md5: str = "35138f08b1efaef89d7424d2bcc928db"
+    modality: str = option("adc", "channels: adc, t2, or both (t2 then adc)")
+    size: int = option(320, "slice side in pixels after resizing (at least 32; area averaging "
+                            "to shrink, bilinear to grow, labels nearest)")
+    url: str = option(f"{HOST}/Task05_Prostate.tar",
+                      "where Task05_Prostate.tar is downloaded from (e.g. a mirror)")
+    md5: str = option("35138f08b1efaef89d7424d2bcc928db",
+                      "md5 the downloaded archive must have (checked before unpacking)")
     cache_version: int = 1
     task = "Task05_Prostate"
     labels = (0, 1, 2)
@@ -150,13 +155,15 @@ class MsdBrain(MsdTask):
     name: str = "msd-brain"
     description: str = "MSD Task01 brain tumour (CC-BY-SA 4.0), FLAIR 128x128 crops, downloadable"
     needs_data_dir: bool = True
-    modalities: str = "flair"
-    crop: str = DEFAULT_CROP
-    cam_binarize: float = 0.0
-    cam_value: float = 255.0
-    cam_modality: str = "flair"
-    url: str = f"{HOST}/Task01_BrainTumour.tar"
-    md5: str = "240a19d752f0d9e9101544901065d872"
+    modalities: str = option("flair", BRAIN_HELP["modalities"])
+    crop: str = option(DEFAULT_CROP, BRAIN_HELP["crop"])
+    cam_binarize: float = option(0.0, BRAIN_HELP["cam_binarize"])
+    cam_value: float = option(255.0, BRAIN_HELP["cam_value"])
+    cam_modality: str = option("flair", BRAIN_HELP["cam_modality"])
+    url: str = option(f"{HOST}/Task01_BrainTumour.tar",
+                      "where Task01_BrainTumour.tar is downloaded from (e.g. a mirror)")
+    md5: str = option("240a19d752f0d9e9101544901065d872",
+                      "md5 the downloaded archive must have (checked before unpacking)")
     cache_version: int = 2
     task = "Task01_BrainTumour"
     labels = (0, 1, 2, 3)

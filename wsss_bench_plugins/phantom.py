@@ -18,6 +18,7 @@ import numpy as np
 from wsss_bench import hookimpl
 from wsss_bench.contracts import Case
 from wsss_bench.hookspecs import Register
+from wsss_bench.options import option
 
 _REF_SIZE = 64  # lengths below are in pixels at this slice size and scale with ``size``
 _BACKGROUND = 0.03
@@ -73,19 +74,23 @@ class Phantom:
 
     name: str = "phantom"
     description: str = "Synthetic MRI-like organ with bright 3-D lesions, seeded, no files needed"
-    needs_data_dir: bool = False
+    needs_data_dir: bool = False  # declared, not an option (it stays in unit keys)
     # declared (wsss_bench.contracts.Dataset): generated, never downloaded or cached
     reads_files: ClassVar[bool] = False
     archive: ClassVar[None] = None
     download_note: ClassVar[str] = "it is generated: no files to download"
     cache_version: ClassVar[int] = 0
     cam_view: ClassVar[bool] = False
-    n_cases: int = 24
-    n_slices: int = 16
-    size: int = 64
-    seed: int = 0
-    noise: float = 0.03
-    contrast: float = 1.0
+    n_cases: int = option(24, "cases (patients) generated; at least 2; case i never depends "
+                                 "on it")
+    n_slices: int = option(16, "slices per case (the depth of each 3-D volume)")
+    size: int = option(64, "slice side in pixels (at least 32); organ and lesions scale with it")
+    seed: int = option(0, "generator seed: case i depends only on (seed, i) and the shape "
+                          "options")
+    noise: float = option(0.03, "std of the complex Gaussian noise whose magnitude is taken "
+                                "(Rician, as in MRI); 0 = none")
+    contrast: float = option(1.0, "lesion intensity scale (1.0 = lesions 0.25-0.5 above an organ "
+                                  "at about 0.43)")
 
     def __post_init__(self) -> None:
         problems = [

@@ -59,7 +59,7 @@ def cache_key(dataset: Any, sources: list[CaseFiles], image_size: int | None
         "format": CACHE_FORMAT,
         "dataset": dataset.name,
         "cache_version": dataset.cache_version,
-        "settings": {k: getattr(dataset, k) for k in options.option_fields(dataset)},
+        "settings": {k: getattr(dataset, k) for k in options.keyed_fields(dataset)},
         "image_size": image_size,
         "files": files,
     }

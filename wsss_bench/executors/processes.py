@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from wsss_bench.executors import UnitFailed
+from wsss_bench.options import option
 
 _CONTEXT: Any = None  # the worker's context (set once per worker process)
 
@@ -28,7 +29,8 @@ class ProcessesExecutor:
     name: str = "processes"
     description: str = ("worker processes on this machine, one per --devices/--gpus device, "
                         "else `workers` on the run's device")
-    workers: int = 2  # workers when the run names no devices (each on the run's device)
+    workers: int = option(2, "worker processes when the run names no --devices/--gpus, each "
+                             "on the run's device")
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -17,6 +17,7 @@ from typing import Any
 
 from wsss_bench.errors import UsageError
 from wsss_bench.executors import UnitFailed
+from wsss_bench.options import option
 
 MISSING = ("the ray executor needs Ray: pip install 'wsss-bench[ray]' (or pip install ray), "
            "or run with --executor local or processes")
@@ -27,11 +28,12 @@ class RayExecutor:
     name: str = "ray"
     description: str = ("every unit a Ray task (local Ray or a cluster: -o ray.address=auto); "
                         "needs the extra wsss-bench[ray]")
-    address: str = ""  # "" = start Ray here; "auto" or HOST:PORT = join a running cluster
-    gpus_per_unit: float = 1.0  # GPUs a task requests when the run computes on CUDA
-    cpus_per_unit: float = 1.0  # CPUs a task requests
-    max_retries: int = 3  # retries of a task whose worker process died
-    num_cpus: int = 0  # when starting Ray here: its CPUs (0 = all of this machine's)
+    address: str = option("", "Ray to join: auto or HOST:PORT for a running cluster; \"\" = "
+                              "start a Ray on this machine")
+    gpus_per_unit: float = option(1.0, "GPUs each task requests when the run computes on CUDA")
+    cpus_per_unit: float = option(1.0, "CPUs each task requests")
+    max_retries: int = option(3, "retries of a task whose worker process died")
+    num_cpus: int = option(0, "CPUs of a Ray started here (0 = all of this machine's)")
 
     def __post_init__(self) -> None:
         for name in ("gpus_per_unit", "cpus_per_unit", "max_retries", "num_cpus"):

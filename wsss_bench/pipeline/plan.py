@@ -211,7 +211,7 @@ class Plan:
         for i, stage in enumerate(FORCE_STAGES):  # a forced stage forces every later one
             if stage in force:
                 force.update(FORCE_STAGES[i:])
-        plugin_settings = {n: {k: getattr(o, k) for k in options.option_fields(o)}
+        plugin_settings = {n: {k: getattr(o, k) for k in options.keyed_fields(o)}
                            for n, o in configured.items()}
         key_settings = {}
         for n, values in plugin_settings.items():

@@ -42,7 +42,77 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(board, dict) or not isinstance(board.get("rows"), list):
         raise UsageError(f"{path}: not a wsss-bench leaderboard (no 'rows' list); delete or "
                          f"restore it")
+    return migrate(board)
+
+
+def tagged(name: str | None, options: dict[str, dict[str, Any]], shown: str | None = None
+           ) -> str:
+    """``name`` (or ``shown``) with its non-default options: ``eigencam[center=false]``."""
+    values = options.get(name or "", {})
+    text = shown or name or ""
+    if not values:
+        return text
+    return f"{text}[{','.join(f'{k}={_value_text(v)}' for k, v in values.items())}]"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "+".join(map(str, value))
+    return str(value)
+
+
+def migrate(board: dict[str, Any]) -> dict[str, Any]:
+    """A board written before rows carried their options: each measured row gets
+    ``options`` (its plugins' recorded settings that differ from the installed plugins'
+    registered values) and a method name that shows them, as a new run would name it. Rows
+    already carrying ``options`` are left as they are."""
+    old = [r for r in board["rows"] if not is_reported(r) and "options" not in r]
+    if not old:
+        return board
+    from wsss_bench import options as opts
+    from wsss_bench.registry import load_registry
+
+    registry = load_registry()
+    for row in old:
+        recorded = (row.get("run") or {}).get("plugins") or {}
+        parts = [board["dataset"], *(row.get("backbones") or []), row.get("cam"),
+                 row.get("ensemble"), row.get("filter")]
+        found: dict[str, dict[str, Any]] = {}
+        for kind in ("datasets", "backbones", "cams", "ensembles", "filters"):
+            for name in parts:
+                if not name or name not in recorded or name in found:
+                    continue
+                try:
+                    obj = registry.kind(kind).get_entry(name).obj
+                except UsageError:
+                    continue
+                neutral = getattr(obj, "key_neutral", {})
+                changed = {k: v for k, v in recorded[name].items()
+                           if k in opts.option_fields(obj, kind)
+                           and not (k in neutral and neutral[k] == v)
+                           and v != json.loads(json.dumps(getattr(obj, k), default=str))}
+                found[name] = changed
+        row["options"] = {k: v for k, v in found.items() if v}
+        if row["options"]:
+            row["method"] = _renamed(row, board["dataset"])
     return board
+
+
+def _renamed(row: dict[str, Any], dataset: str) -> str:
+    """An old row's method name with its options shown (``core / cam / filter · dataset``)."""
+    options = row["options"]
+    suffix = f" · {tagged(dataset, options)}" if options.get(dataset) else ""
+    if not row.get("backbones"):
+        return row["method"] + suffix
+    core, cam, filt = row["method"].split(" / ")
+    nets = [tagged(b, options) for b in row["backbones"]]
+    if row.get("ensemble"):
+        core = f"{tagged(row['ensemble'], options, core.split('(', 1)[0])}({','.join(nets)})"
+    else:
+        core = nets[0]
+    return f"{core} / {tagged(cam, options)} / {tagged(filt, options)}{suffix}"
 
 
 def sort_rows(rows: list[dict]) -> list[dict]:

@@ -149,6 +149,9 @@ class Plan:
     grid: tuple[float, ...]
     plugin_settings: dict[str, dict[str, Any]]  # every used plugin's option values
     key_settings: dict[str, dict[str, Any]]  # the same without declared-neutral values
+    # per plugin, the options set to other values than the registered object's (part of the
+    # leaderboard row's identity: rows made with other options are other rows)
+    row_options: dict[str, dict[str, Any]]
     versions: dict[str, str]  # plugin name -> "<distribution> <version>"
     weights: dict[str, str]  # backbone -> its initial weights (random, timm-hub, file ...)
     reads_files: bool  # the dataset reads files (through the slice cache)
@@ -220,6 +223,10 @@ class Plan:
                                if k not in neutral or neutral[k] != v}
         for n in config.ensembles:  # declared since, options before: kept in the keys
             key_settings[n] = {**_ensemble_declared(configured[n]), **key_settings[n]}
+        registered = {n: o for kind in PLUGIN_KINDS for n, o in objs[kind].items()}
+        row_options = {n: {k: v for k, v in key_settings[n].items()
+                           if k in options.option_fields(configured[n])
+                           and v != getattr(registered[n], k, v)} for n in configured}
         return cls(
             config=config, device=str(device),
             amp=_switch(config.amp, device.type), channels_last=_switch(config.channels_last,
@@ -227,6 +234,7 @@ class Plan:
             seeds=config.seeds or (config.seed,),
             grid=tuple(float(t) for t in calibration.threshold_grid(config.threshold_step)),
             plugin_settings=plugin_settings, key_settings=key_settings,
+            row_options={n: v for n, v in row_options.items() if v},
             versions=plugin_versions(registry, names),
             weights=_resolve_weights(config, {n: configured[n] for n in config.backbones}),
             reads_files=configured[config.dataset].reads_files,
@@ -410,22 +418,63 @@ def _resolve_weights(config: RunConfig, backbones: dict[str, Any]) -> dict[str, 
 
 def plugin_versions(registry: Registry, used: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """``{plugin name: "<distribution> <version>"}``: part of every unit key, so a plugin
-    release that changes results never reuses units of the old release."""
+    release that changes results never reuses units of the old release. A third-party
+    distribution installed for development (editable, or without a wheel's RECORD) adds
+    ``source <hash>`` of its plugin's package, so that editing the code makes new units."""
     from importlib import metadata
 
     out: dict[str, str] = {}
     for kind, names in used.items():
         for name in names:
             try:
-                source = registry.kind(kind).get_entry(name).source
+                entry = registry.kind(kind).get_entry(name)
+                source = entry.source
             except Exception:  # noqa: BLE001 (a plugin object not from the registry)
-                source = "unknown"
+                entry, source = None, "unknown"
             try:
                 version = metadata.version(source)
             except (metadata.PackageNotFoundError, ValueError):
                 version = "?"
             out[name] = f"{source} {version}"
+            if entry is not None and version != "?" and in_development(source):
+                out[name] += f" source {source_hash(entry.obj)}"
     return out
+
+
+def in_development(distribution: str) -> bool:
+    """Whether ``distribution`` (not wsss-bench itself, whose built-ins are versioned with
+    the core) is installed editable or without a wheel's RECORD: its code can change under
+    the same version."""
+    from importlib import metadata
+
+    if distribution.replace("_", "-").lower() == "wsss-bench":
+        return False
+    dist = metadata.distribution(distribution)
+    if dist.read_text("RECORD") is None:
+        return True
+    try:
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except json.JSONDecodeError:
+        return True
+    return bool(direct.get("dir_info", {}).get("editable", False))
+
+
+def source_hash(obj: Any) -> str:
+    """A 12-hex-digit hash of the Python source of the top-level package (or module) that
+    defines ``obj``'s class: every ``.py`` file under it, by relative path and content."""
+    import hashlib
+    import sys
+
+    top = sys.modules.get(type(obj).__module__.split(".")[0])
+    where = Path(getattr(top, "__file__", "") or "")
+    if not where.is_file():
+        return "unknown"
+    files = sorted(where.parent.rglob("*.py")) if where.name == "__init__.py" else [where]
+    digest_ = hashlib.sha256()
+    for path in files:
+        digest_.update(str(path.relative_to(where.parent)).encode() + b"\0")
+        digest_.update(path.read_bytes() + b"\0")
+    return digest_.hexdigest()[:12]
 
 
 def weights_argument(plan: Plan, backbone: Any) -> bool | Path:

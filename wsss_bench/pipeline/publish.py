@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from wsss_bench.core import leaderboard
+from wsss_bench.core.leaderboard import tagged
 from wsss_bench.core.metrics import METRIC_NAMES
 from wsss_bench.core.progress import Reporter
 from wsss_bench.core.provenance import run_info
@@ -34,15 +35,41 @@ class MethodResult:
     symbol: str | None = None  # how the ensemble is shown, e.g. the paper's '<' for smaller
     thresholds: list[list[float] | None] = field(default_factory=list)
     folds: list[dict[str, float]] = field(default_factory=list)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # non-default, by plugin
+    dataset: str = ""  # the dataset's name, shown with its options when it has some
 
     @property
     def method(self) -> str:
-        """The row key: ``ensemble(backbones) / cam / filter`` (the paper's symbol when set)."""
+        """The row key: ``ensemble(backbones) / cam / filter`` (the paper's symbol when set),
+        each plugin with its non-default options (``eigencam[center=false]``), and the
+        dataset's (``· phantom[size=32]``) when it has some: rows made with other options
+        are other rows."""
+        suffix = (f" · {tagged(self.dataset, self.options)}"
+                  if self.options.get(self.dataset) else "")
         if not self.backbones:
-            return EMPTY
-        core = (f"{self.symbol or self.ensemble}({','.join(self.backbones)})" if self.ensemble
-                else self.backbones[0])
-        return f"{core} / {self.cam} / {self.filter}"
+            return EMPTY + suffix
+        nets = [tagged(b, self.options) for b in self.backbones]
+        core = (f"{tagged(self.ensemble, self.options, self.symbol)}({','.join(nets)})"
+                if self.ensemble else nets[0])
+        return (f"{core} / {tagged(self.cam, self.options)} / "
+                f"{tagged(self.filter, self.options)}{suffix}")
+
+    def parts(self) -> list[str]:
+        """The plugins this row depends on (whose options it shows)."""
+        return [p for p in (self.dataset, *self.backbones, self.cam, self.ensemble, self.filter)
+                if p]
+
+
+def _result(plan: Plan, ctx: Context, unit: EvalUnit | None) -> MethodResult:
+    """An empty row of ``unit``'s method (None: the Empty baseline), options attached."""
+    if unit is None:
+        res = MethodResult((), None, None, None, dataset=plan.config.dataset)
+    else:
+        ensemble = ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
+        res = MethodResult(unit.group, unit.cam, unit.ensemble, unit.filter,
+                           ensemble.symbol if ensemble else None, dataset=plan.config.dataset)
+    res.options = {p: dict(plan.row_options[p]) for p in res.parts() if p in plan.row_options}
+    return res
 
 
 def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, Any]]]],
@@ -59,14 +86,13 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
     order = {u.method: i for i, u in enumerate(plan.evaluate)}
     for seed in plan.seeds:
         for fold in range(len(plan.folds)):
-            empty = results.setdefault(EMPTY, MethodResult((), None, None, None))
+            empty = _result(plan, ctx, None)
+            empty = results.setdefault(empty.method, empty)
             empty.thresholds.append(None)
             empty.folds.append(evaluate.empty(ctx, fold))
             done = sorted(by_fold.get((seed, fold), []), key=lambda p: order[p[0].method])
             for unit, result in done:
-                ensemble = ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
-                res = MethodResult(unit.group, unit.cam, unit.ensemble, unit.filter,
-                                   ensemble.symbol if ensemble else None)
+                res = _result(plan, ctx, unit)
                 res = results.setdefault(res.method, res)
                 res.thresholds.append(result["thresholds"])
                 res.folds.append(result["metrics"])
@@ -93,9 +119,8 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
 
 
 def results_key(unit: EvalUnit, ctx: Context) -> str:
-    ensemble = ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
-    return MethodResult(unit.group, unit.cam, unit.ensemble, unit.filter,
-                        ensemble.symbol if ensemble else None).method
+    """The row key of ``unit``'s method."""
+    return _result(ctx.plan, ctx, unit).method
 
 
 def _row(plan: Plan, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +131,7 @@ def _row(plan: Plan, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
                          "folds": values}
     return {"method": res.method, "seeds": list(plan.seeds), "backbones": list(res.backbones),
             "cam": res.cam, "ensemble": res.ensemble, "filter": res.filter,
+            "options": res.options,
             "thresholds": res.thresholds, "metrics": metrics, "source": "measured", "run": info}
 
 

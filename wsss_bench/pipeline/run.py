@@ -11,6 +11,7 @@ the executor, store every result, publish the rows.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import ExitStack
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +32,14 @@ from wsss_bench.registry import Registry
 
 def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
         ) -> tuple[list[dict[str, Any]], list[list[str]]]:
-    """Run ``config``: its leaderboard rows and the fold split."""
+    """Run ``config``: its leaderboard rows and the fold split. The run's claims on store
+    units (see ``Store.claim``) are released when it ends, finished or not."""
+    with ExitStack() as cleanup:
+        return _run(config, registry, reporter, cleanup)
+
+
+def _run(config: RunConfig, registry: Registry, reporter: Reporter | None, cleanup: ExitStack
+         ) -> tuple[list[dict[str, Any]], list[list[str]]]:
     reporter = reporter or Reporter(quiet=True)
     plan = Plan.build(config, registry)
     torch.manual_seed(config.seed)
@@ -40,6 +48,7 @@ def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
     folds = split(config, data)
     plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
     store = Store(config.workdir, plan.force)
+    cleanup.callback(store.release_all)
     store.start_manifest(f"{config.dataset}-{digest([data.origin, plan.settings])}", {
         "dataset": config.dataset, "config": plan.settings,
         "cache": data.origin if data.origin.startswith("cache/") else None})
@@ -61,7 +70,7 @@ def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
             lambda u, r: commit_train(plan, store, reporter, u, r))
     execute(cams.make_cams, pending_cams(plan, store, reporter), "cams",
             lambda u, r: commit_cams(store, reporter, u, r, len(data)))
-    found = reused_evaluations(plan, store)  # by the unit's first key
+    found = reused_evaluations(plan, store, reporter)  # by the unit's first key
     todo = [u for u in plan.evaluate if u.keys[0][0] not in found]
     execute(evaluate.evaluate, todo, "evaluate",
             lambda u, r: found.update({u.keys[0][0]: (u, commit_evaluate(store, u, r))}))
@@ -71,10 +80,10 @@ def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
 
 
 def pending_train(plan: Plan, store: Store, reporter: Reporter) -> list[TrainUnit]:
+    mine = claim(store, reporter, "train", [unit.key for unit in plan.train])
     todo = []
     for unit in plan.train:
-        if store.ready("train", unit.key):
-            store.use("train", unit.key)
+        if unit.key not in mine:
             made = datetime.fromtimestamp(store.info("train", unit.key)["made"])
             reporter.summary(f"[bold]train[/] {unit.label}: reused (unit {unit.key}, made "
                              f"{made.isoformat(timespec='seconds')})")
@@ -96,12 +105,12 @@ def commit_train(plan: Plan, store: Store, reporter: Reporter, unit: TrainUnit,
 
 
 def pending_cams(plan: Plan, store: Store, reporter: Reporter) -> list[CamUnit]:
+    mine = claim(store, reporter, "cams", [key for u in plan.cams for key, _ in u.keys.values()])
     todo = []
     for unit in plan.cams:
         missing = []
         for name, (key, _) in unit.keys.items():
-            if store.ready("cams", key):
-                store.use("cams", key)
+            if key not in mine:
                 reporter.summary(f"[bold]cams[/] {name} {unit.train.label}: reused (unit {key})")
             else:
                 missing.append(name)
@@ -124,13 +133,12 @@ def commit_cams(store: Store, reporter: Reporter, unit: CamUnit, result: cams.Ma
                          f"({result.seconds[name]:.1f} s)")
 
 
-def reused_evaluations(plan: Plan, store: Store
+def reused_evaluations(plan: Plan, store: Store, reporter: Reporter | None = None
                        ) -> dict[str, tuple[EvalUnit, list[dict[str, Any]]]]:
+    mine = claim(store, reporter, "evaluate", [key for u in plan.evaluate for key, _ in u.keys])
     found = {}
     for unit in plan.evaluate:
-        if all(store.ready("evaluate", key) for key, _ in unit.keys):
-            for key, _ in unit.keys:
-                store.use("evaluate", key)
+        if not any(key in mine for key, _ in unit.keys):
             found[unit.keys[0][0]] = (unit, [store.info("evaluate", key)["result"]
                                              for key, _ in unit.keys])
     return found
@@ -141,3 +149,14 @@ def commit_evaluate(store: Store, unit: EvalUnit, results: list[dict[str, Any]]
     for (key, description), result in zip(unit.keys, results, strict=True):
         store.write("evaluate", key, description, lambda _f, r=result: {"result": r})
     return results
+
+
+def claim(store: Store, reporter: Reporter | None, stage: str, keys: list[str]) -> set[str]:
+    """The keys of ``stage`` this run makes (``Store.claim``: waits for units another run is
+    making, then reuses them); says why a stored unit that cannot be trusted is remade."""
+    mine = store.claim(stage, keys)
+    for key in mine:
+        reason = store.rejected.get(f"{stage}/{key}")
+        if reason and reporter is not None:
+            reporter.summary(f"unit {stage}/{key}: {reason}; recomputing")
+    return set(mine)

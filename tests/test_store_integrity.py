@@ -186,3 +186,27 @@ def test_a_full_disk_leaves_the_old_leaderboard(tmp_path, monkeypatch):
         leaderboard.update(tmp_path, "phantom", [], {"command": "second"})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     assert board["command"] == "first"
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_run_is_one_line_and_exit_status_2(tmp_path, monkeypatch, capsys):
+    from tests.test_cli import run_captured
+    from tests.test_concurrency import TINY
+    from wsss_bench.pipeline import train
+
+    def full(_result: object, folder: Path) -> None:
+        (folder / "model.pt").write_bytes(b"half")
+        raise OSError(ENOSPC.errno, ENOSPC.strerror)
+
+    monkeypatch.setattr(train, "store_files", full)
+    work = tmp_path / "w"
+    code, err = run_captured(["run", *TINY, "-q", "--workdir", str(work), "--leaderboard-dir",
+                              str(tmp_path / "b")], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("wsss-bench run: error: cannot store unit train/")
+    assert lines[0].endswith(f"in {work / 'units'}: [Errno 28] No space left on device; free "
+                             f"space or pass --workdir on another disk; nothing was stored")
+    assert list((work / "units" / "train").iterdir()) == []
+    assert not (tmp_path / "b").exists()

@@ -197,7 +197,7 @@ class Store:
                     self._claimed[f"{stage}/{key}"] = lock
                     mine.append(key)
             self._drop_unclaimed()
-        return mine
+        return sorted(mine)
 
     def release(self, stage: str, key: str) -> None:
         """Give up this run's claim on a unit (it failed); no-op when not claimed."""

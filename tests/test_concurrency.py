@@ -53,8 +53,9 @@ def test_claim_waits_for_the_run_making_the_unit_then_reuses_it(tmp_path):
         store = Store({str(tmp_path)!r})
         print("ready", flush=True)
         start = time.monotonic()
-        mine = store.claim("cams", ["k1", "k2", "k3"])
-        print(json.dumps([mine, time.monotonic() - start, sorted(store.used)]))
+        said = []
+        mine = store.claim("cams", ["k1", "k2", "k3"], said.append)
+        print(json.dumps([mine, time.monotonic() - start, sorted(store.used), said]))
     """)
     await_ready(waiter)
     time.sleep(1.0)
@@ -62,9 +63,10 @@ def test_claim_waits_for_the_run_making_the_unit_then_reuses_it(tmp_path):
     maker.write("cams", "k1", {}, one_file)
     maker.write("cams", "k2", {}, one_file)
     out, err = waiter.communicate(timeout=60)
-    mine, waited, used = json.loads(out)
+    mine, waited, used, said = json.loads(out)
     assert mine == ["k3"] and waited >= 0.9, err  # k1, k2 waited for and reused
     assert used == ["cams/k1", "cams/k2"]
+    assert said and all("another run is making it" in line for line in said)
 
 
 def test_claim_holds_a_bounded_number_of_lock_files(tmp_path):

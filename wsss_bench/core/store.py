@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from wsss_bench.core import atomic
 from wsss_bench.errors import UsageError
@@ -175,11 +175,13 @@ class Store:
             self.use(stage, key)
         return True
 
-    def claim(self, stage: str, keys: Iterable[str]) -> list[str]:
+    def claim(self, stage: str, keys: Iterable[str],
+              waiting: Callable[[str], None] | None = None) -> list[str]:
         """The keys of ``stage`` this run must make, locked so that another run waits for
         them; the others (ready, or finished by another run while this one waited) are reused
         (see :meth:`reuse`). Call once per stage with all its keys: the locks are taken in
-        sorted order, so runs never deadlock. ``write`` or ``release`` frees each claim."""
+        sorted order, so runs never deadlock. ``write`` or ``release`` frees each claim.
+        ``waiting(line)`` is told when another run holds a lock this one waits for."""
         todo = [key for key in sorted(set(keys)) if not self.reuse(stage, key)]
         stripes: dict[Path, list[str]] = {}
         for key in todo:
@@ -190,7 +192,13 @@ class Store:
             if lock is None:
                 lock_path.parent.mkdir(parents=True, exist_ok=True)
                 lock = FileLock(str(lock_path), thread_local=False)
-                lock.acquire()
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    if waiting is not None:
+                        waiting(f"unit {stage}/{stripes[lock_path][0]}: another run is making "
+                                f"it (or a unit sharing its lock {lock_path.name}); waiting")
+                    lock.acquire()
                 self._stripes[str(lock_path)] = lock
             for key in stripes[lock_path]:
                 if not self.reuse(stage, key):

@@ -154,7 +154,7 @@ def commit_evaluate(store: Store, unit: EvalUnit, results: list[dict[str, Any]]
 def claim(store: Store, reporter: Reporter | None, stage: str, keys: list[str]) -> set[str]:
     """The keys of ``stage`` this run makes (``Store.claim``: waits for units another run is
     making, then reuses them); says why a stored unit that cannot be trusted is remade."""
-    mine = store.claim(stage, keys)
+    mine = store.claim(stage, keys, None if reporter is None else reporter.summary)
     for key in mine:
         reason = store.rejected.get(f"{stage}/{key}")
         if reason and reporter is not None:

@@ -119,14 +119,7 @@ def _remove_stale(cache_root: Path) -> None:
     """Temporary folders of passes whose process is gone (killed) are removed."""
     for tmp in cache_root.glob(".tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        alive = True
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            pass
-        if not alive:
+        if not (pid.isdigit() and atomic.pid_alive(int(pid))):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -11,6 +11,7 @@ the executor, store every result, publish the rows.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,7 +55,14 @@ def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
 def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None
             ) -> Outcome:
     """Run ``config`` unit by unit; a failed unit fails the units that need it, and the
-    methods it touches get no row (their previous leaderboard rows stay)."""
+    methods it touches get no row (their previous leaderboard rows stay). The run's claims
+    on store units (see ``Store.claim``) are released when it ends, finished or not."""
+    with ExitStack() as cleanup:
+        return _execute(config, registry, reporter, cleanup)
+
+
+def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
+             cleanup: ExitStack) -> Outcome:
     reporter = reporter or Reporter(quiet=True)
     plan = Plan.build(config, registry)
     torch.manual_seed(config.seed)
@@ -63,6 +71,7 @@ def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = N
     folds = split(config, data)
     plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
     store = Store(config.workdir, plan.force)
+    cleanup.callback(store.release_all)
     store.start_manifest(f"{config.dataset}-{digest([data.origin, plan.settings])}", {
         "dataset": config.dataset, "config": plan.settings,
         "cache": data.origin if data.origin.startswith("cache/") else None})
@@ -111,7 +120,7 @@ def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = N
             bad_cams.update(key for key, _ in unit.keys.values())
     stage(cams.make_cams, pending_cams(plan, store, reporter, skip=bad_train), "cams",
           commit_maps)
-    found = reused_evaluations(plan, store)  # by the unit's first key
+    found = reused_evaluations(plan, store, reporter)  # by the unit's first key
     blocked = {u.keys[0][0] for u in plan.evaluate
                if any(k in bad_cams for keys in u.cam_keys for k in keys)}
     for unit in plan.evaluate:
@@ -134,10 +143,10 @@ def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = N
 
 
 def pending_train(plan: Plan, store: Store, reporter: Reporter) -> list[TrainUnit]:
+    mine = claim(store, reporter, "train", [unit.key for unit in plan.train])
     todo = []
     for unit in plan.train:
-        if store.ready("train", unit.key):
-            store.use("train", unit.key)
+        if unit.key not in mine:
             made = datetime.fromtimestamp(store.info("train", unit.key)["made"])
             reporter.summary(f"[bold]train[/] {unit.label}: reused (unit {unit.key}, made "
                              f"{made.isoformat(timespec='seconds')})")
@@ -162,14 +171,15 @@ def pending_cams(plan: Plan, store: Store, reporter: Reporter, skip: set[str] = 
                  ) -> list[CamUnit]:
     """The CAM units to make (with the methods missing from the store); ``skip``: keys of
     train units that failed (their CAMs cannot be made)."""
+    mine = claim(store, reporter, "cams", [key for u in plan.cams if u.train.key not in skip
+                                           for key, _ in u.keys.values()])
     todo = []
     for unit in plan.cams:
         if unit.train.key in skip:
             continue
         missing = []
         for name, (key, _) in unit.keys.items():
-            if store.ready("cams", key):
-                store.use("cams", key)
+            if key not in mine:
                 reporter.summary(f"[bold]cams[/] {name} {unit.train.label}: reused (unit {key})")
             else:
                 missing.append(name)
@@ -192,13 +202,12 @@ def commit_cams(store: Store, reporter: Reporter, unit: CamUnit, result: cams.Ma
                          f"({result.seconds[name]:.1f} s)")
 
 
-def reused_evaluations(plan: Plan, store: Store
+def reused_evaluations(plan: Plan, store: Store, reporter: Reporter | None = None
                        ) -> dict[str, tuple[EvalUnit, list[dict[str, Any]]]]:
+    mine = claim(store, reporter, "evaluate", [key for u in plan.evaluate for key, _ in u.keys])
     found = {}
     for unit in plan.evaluate:
-        if all(store.ready("evaluate", key) for key, _ in unit.keys):
-            for key, _ in unit.keys:
-                store.use("evaluate", key)
+        if not any(key in mine for key, _ in unit.keys):
             found[unit.keys[0][0]] = (unit, [store.info("evaluate", key)["result"]
                                              for key, _ in unit.keys])
     return found
@@ -209,3 +218,14 @@ def commit_evaluate(store: Store, unit: EvalUnit, results: list[dict[str, Any]]
     for (key, description), result in zip(unit.keys, results, strict=True):
         store.write("evaluate", key, description, lambda _f, r=result: {"result": r})
     return results
+
+
+def claim(store: Store, reporter: Reporter | None, stage: str, keys: list[str]) -> set[str]:
+    """The keys of ``stage`` this run makes (``Store.claim``: waits for units another run is
+    making, then reuses them); says why a stored unit that cannot be trusted is remade."""
+    mine = store.claim(stage, keys, None if reporter is None else reporter.summary)
+    for key in mine:
+        reason = store.rejected.get(f"{stage}/{key}")
+        if reason and reporter is not None:
+            reporter.summary(f"unit {stage}/{key}: {reason}; recomputing")
+    return set(mine)

@@ -156,7 +156,7 @@ def test_reported_note_is_shown_beside_its_row(tmp_path):
                          "2·63.8/163.8 = 77.9 |")
     assert md.count("note:") == 1
     [noted] = [r for r in board["rows"] if "note" in r]  # stored in the JSON too
-    assert leaderboard._cells(noted)[-1] == "reported, Table III"  # terminal table: narrow
+    assert leaderboard._cells(noted, board)[-1] == "reported, Table III"  # terminal table: narrow
 
 
 def test_header_renders_deviations_and_preset_overrides(tmp_path):

@@ -94,35 +94,53 @@ def migrate(board: dict[str, Any]) -> dict[str, Any]:
                            and not (k in neutral and neutral[k] == v)
                            and v != json.loads(json.dumps(getattr(obj, k), default=str))}
                 found[name] = changed
+        row["dataset_options"] = found.pop(board["dataset"], {})
         row["options"] = {k: v for k, v in found.items() if v}
         if row["options"]:
-            row["method"] = _renamed(row, board["dataset"])
+            row["method"] = _renamed(row)
     return board
 
 
-def _renamed(row: dict[str, Any], dataset: str) -> str:
-    """An old row's method name with its options shown (``core / cam / filter · dataset``)."""
+def row_key(row: dict[str, Any]) -> str:
+    """A row's identity in its board: the method and the dataset's non-default options
+    (rows of other data are other rows, ``Empty`` included)."""
+    options = row.get("dataset_options") or {}
+    return row["method"] + (f" · {json.dumps(options, sort_keys=True)}" if options else "")
+
+
+def shown_name(row: dict[str, Any], board: dict[str, Any]) -> str:
+    """The method as a table shows it: with the dataset's options when the board holds rows
+    of more than one dataset configuration (``Empty · phantom[noise=0.05]``)."""
+    configs = {json.dumps(r.get("dataset_options") or {}, sort_keys=True)
+               for r in board["rows"] if not is_reported(r)}
+    options = row.get("dataset_options") or {}
+    if len(configs) < 2 or not options:
+        return row["method"]
+    return f"{row['method']} · {tagged(board['dataset'], {board['dataset']: options})}"
+
+
+def _renamed(row: dict[str, Any]) -> str:
+    """An old row's method name with its plugins' options shown."""
     options = row["options"]
-    suffix = f" · {tagged(dataset, options)}" if options.get(dataset) else ""
     if not row.get("backbones"):
-        return row["method"] + suffix
+        return row["method"]
     core, cam, filt = row["method"].split(" / ")
     nets = [tagged(b, options) for b in row["backbones"]]
     if row.get("ensemble"):
         core = f"{tagged(row['ensemble'], options, core.split('(', 1)[0])}({','.join(nets)})"
     else:
         core = nets[0]
-    return f"{core} / {tagged(cam, options)} / {tagged(filt, options)}{suffix}"
+    return f"{core} / {tagged(cam, options)} / {tagged(filt, options)}"
 
 
 def sort_rows(rows: list[dict]) -> list[dict]:
-    return sorted(rows, key=lambda r: (-r["metrics"][SORT_METRIC]["mean"], r["method"]))
+    return sorted(rows, key=lambda r: (-r["metrics"][SORT_METRIC]["mean"], row_key(r)))
 
 
 def merge(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
-    """New rows replace old rows with the same ``method`` key; other old rows stay."""
-    replaced = {row["method"] for row in new_rows}
-    return sort_rows([r for r in old_rows if r["method"] not in replaced] + list(new_rows))
+    """New rows replace old rows with the same key (:func:`row_key`); other old rows stay."""
+    replaced = {row_key(row) for row in new_rows}
+    return sort_rows([r for r in old_rows if row_key(r) not in replaced] + list(new_rows))
 
 
 def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
@@ -164,8 +182,8 @@ def is_reported(row: dict) -> bool:
     return row.get("source") == "reported"
 
 
-def _cells(row: dict, markdown: bool = False) -> list[str]:
-    method = row["method"]
+def _cells(row: dict, board: dict[str, Any], markdown: bool = False) -> list[str]:
+    method = shown_name(row, board)
     if is_reported(row) and markdown:
         method = f"*{method}*"
     source = row.get("source", "measured")
@@ -186,7 +204,7 @@ def render_csv(board: dict[str, Any]) -> str:
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
         stats = [row["metrics"].get(m) or {} for m in METRIC_NAMES]
         values = [v for st in stats for v in (st.get("mean"), st.get("std"))]
-        writer.writerow([rank, row["method"], row.get("source", "measured"),
+        writer.writerow([rank, shown_name(row, board), row.get("source", "measured"),
                          *("" if v is None else repr(v) for v in values),
                          "+".join(row.get("backbones") or []), row.get("cam") or "",
                          row.get("ensemble") or "", row.get("filter") or "",
@@ -247,7 +265,7 @@ def render_markdown(board: dict[str, Any]) -> str:
     lines += ["", "| # | " + " | ".join(COLUMNS) + " |",
               "|---|" + "|".join("---" for _ in COLUMNS) + "|"]
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
-        lines.append(f"| {rank} | " + " | ".join(_cells(row, markdown=True)) + " |")
+        lines.append(f"| {rank} | " + " | ".join(_cells(row, board, markdown=True)) + " |")
     lines += ["", "Provenance (rows made by the same run share a line):", ""]
     runs: dict[str, list[int]] = {}
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
@@ -276,5 +294,6 @@ def rich_table(board: dict[str, Any]) -> Table:
         table.add_column(col, justify="right" if col in METRIC_NAMES else "left",
                          no_wrap=col == "method")
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
-        table.add_row(str(rank), *_cells(row), style="italic dim" if is_reported(row) else None)
+        table.add_row(str(rank), *_cells(row, board),
+                      style="italic dim" if is_reported(row) else None)
     return table

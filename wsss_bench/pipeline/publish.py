@@ -40,19 +40,26 @@ class MethodResult:
 
     @property
     def method(self) -> str:
-        """The row key: ``ensemble(backbones) / cam / filter`` (the paper's symbol when set),
-        each plugin with its non-default options (``eigencam[center=false]``), and the
-        dataset's (``· phantom[size=32]``) when it has some: rows made with other options
-        are other rows."""
-        suffix = (f" · {tagged(self.dataset, self.options)}"
-                  if self.options.get(self.dataset) else "")
+        """The method's name: ``ensemble(backbones) / cam / filter`` (the paper's symbol when
+        set), each plugin with its non-default options (``eigencam[center=false]``). With the
+        dataset's options (:attr:`dataset_options`) it is the row's identity: rows made with
+        other options are other rows."""
         if not self.backbones:
-            return EMPTY + suffix
+            return EMPTY
         nets = [tagged(b, self.options) for b in self.backbones]
         core = (f"{tagged(self.ensemble, self.options, self.symbol)}({','.join(nets)})"
                 if self.ensemble else nets[0])
-        return (f"{core} / {tagged(self.cam, self.options)} / "
-                f"{tagged(self.filter, self.options)}{suffix}")
+        return f"{core} / {tagged(self.cam, self.options)} / {tagged(self.filter, self.options)}"
+
+    @property
+    def dataset_options(self) -> dict[str, Any]:
+        return dict(self.options.get(self.dataset, {}))
+
+    @property
+    def key(self) -> str:
+        """The row's identity: the method and the dataset's non-default options."""
+        return leaderboard.row_key({"method": self.method,
+                                    "dataset_options": self.dataset_options})
 
     def parts(self) -> list[str]:
         """The plugins this row depends on (whose options it shows)."""
@@ -87,13 +94,13 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
     for seed in plan.seeds:
         for fold in range(len(plan.folds)):
             empty = _result(plan, ctx, None)
-            empty = results.setdefault(empty.method, empty)
+            empty = results.setdefault(empty.key, empty)
             empty.thresholds.append(None)
             empty.folds.append(evaluate.empty(ctx, fold))
             done = sorted(by_fold.get((seed, fold), []), key=lambda p: order[p[0].method])
             for unit, result in done:
                 res = _result(plan, ctx, unit)
-                res = results.setdefault(res.method, res)
+                res = results.setdefault(res.key, res)
                 res.thresholds.append(result["thresholds"])
                 res.folds.append(result["metrics"])
             if not done:
@@ -131,7 +138,8 @@ def _row(plan: Plan, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
                          "folds": values}
     return {"method": res.method, "seeds": list(plan.seeds), "backbones": list(res.backbones),
             "cam": res.cam, "ensemble": res.ensemble, "filter": res.filter,
-            "options": res.options,
+            "options": {k: v for k, v in res.options.items() if k != res.dataset},
+            "dataset_options": res.dataset_options,
             "thresholds": res.thresholds, "metrics": metrics, "source": "measured", "run": info}
 
 

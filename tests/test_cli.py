@@ -261,10 +261,12 @@ def test_run_evaluates_each_cam_and_records_plugin_options(tmp_path):
                "--leaderboard-dir", str(lb))
     assert done.returncode == 0, done.stderr
     rows = {r["method"]: r for r in json.loads((lb / "phantom.json").read_text())["rows"]}
-    for cam in ("gradcam", "gradcam++", "smoothgradcam++"):
+    for cam in ("gradcam", "gradcam++", "smoothgradcam++[samples=2,sigma=0.1]"):
         for core in ("resnet18", "resnet34", "and(resnet18,resnet34)"):
             row = rows[f"{core} / {cam} / none"]
             _check_row_schema(row, n_folds=2)
+            assert row["options"] == ({"smoothgradcam++": {"samples": 2, "sigma": 0.1}}
+                                      if "[" in cam else {})
             config = row["run"]["config"]
             assert config["options"]["smoothgradcam++"] == {"samples": "2", "sigma": "0.1"}
             assert config["gate"] is True and config["cam_target"] == "positive"

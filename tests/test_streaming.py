@@ -3,16 +3,22 @@
 Calibration reads the stored float16 CAMs of each backbone (memory-mapped, never stacked or
 converted whole) and a fold's slices through ``slices=``; CAM generation writes each batch
 into the float16 output. Chunks are forced small here so that every path crosses chunk
-boundaries.
+boundaries. The slice cache appends each case to its files as it is decoded: the same bytes as
+saving the concatenated arrays.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 
-from wsss_bench.core import calibration
+from wsss_bench.contracts import Case, CaseFiles
+from wsss_bench.core import calibration, slice_cache
 from wsss_bench.core.calibration import binarize, grid_search, threshold_grid
 from wsss_bench.pipeline.cams import compute_cams
 from wsss_bench_plugins.ensembles import And, Bigger, Mean, Or
@@ -103,3 +109,52 @@ def test_compute_cams_writes_float16_exactly():
     new = compute_cams(*args, gate=gate, out=out)
     assert new is out
     np.testing.assert_array_equal(new.view(np.uint16), old.view(np.uint16))
+
+
+@dataclass(frozen=True)
+class _Files:
+    """A file dataset: case_K.txt holds K; case K has K + 2 slices of 9×7, a CAM view."""
+
+    name: str = "streamtest"
+    description: str = "test"
+    needs_data_dir: bool = True
+    reads_files: ClassVar[bool] = True
+    archive: ClassVar[None] = None
+    download_note: ClassVar[str] = "test"
+    cache_version: ClassVar[int] = 0
+    cam_view: ClassVar[bool] = True
+
+    def sources(self, data_dir: Path) -> list[CaseFiles]:
+        return [CaseFiles(p.stem, {"case": p}) for p in sorted(Path(data_dir).glob("case_*"))]
+
+    def load(self, source: CaseFiles) -> Case:
+        k = int(Path(source.files["case"]).read_text())
+        rng = np.random.default_rng(k)
+        images = rng.random((k + 2, 2, 9, 7)).astype(np.float32)
+        return Case(source.case_id, images, rng.random((k + 2, 9, 7)) < 0.2, 1 - images)
+
+    def cases(self, data_dir):
+        return (self.load(s) for s in self.sources(data_dir))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_slice_cache_streams_the_same_files(tmp_path, workers):
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(7):
+        (data / f"case_{k}").write_text(str(k))
+    ds = _Files()
+    cases = [ds.load(s) for s in ds.sources(data)]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    np.save(ref / "images.npy", np.concatenate([c.images for c in cases]).astype(np.float16))
+    np.save(ref / "cam_images.npy",
+            np.concatenate([c.cam_images for c in cases]).astype(np.float16))
+    np.save(ref / "masks.npy", np.concatenate([c.masks for c in cases]))
+    slice_cache.prepare(ds, data, tmp_path / "cache", workers=workers)
+    (folder,) = (tmp_path / "cache").glob("streamtest-*")
+    for name in ("images.npy", "cam_images.npy", "masks.npy"):
+        assert (folder / name).read_bytes() == (ref / name).read_bytes(), name
+    assert not list(folder.glob("*.part"))
+    assert np.load(folder / "case_ids.npy").tolist() == [
+        c.case_id for c in cases for _ in range(len(c.images))]

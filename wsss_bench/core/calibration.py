@@ -88,17 +88,80 @@ class GridResult:
     scores: np.ndarray
 
 
-def _as_cams(cams: Any) -> np.ndarray:
-    c = to_numpy(cams)
-    if c.ndim == 3:
-        c = c[None]
+class _Stack:
+    """M arrays [N,H,W] (memory-mapped float16, say) seen as one [M,N,H,W], never stacked
+    whole: ``stack[:, rows]`` stacks just those rows (as ``np.stack`` would: same dtype)."""
+
+    ndim = 4
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.dtype = np.result_type(*arrays)
+        self.shape = (len(arrays), *arrays[0].shape)
+
+    def __getitem__(self, key: tuple[slice, Any]) -> np.ndarray:
+        _, rows = key
+        return np.stack([np.asarray(a[rows]) for a in self.arrays]).astype(self.dtype,
+                                                                           copy=False)
+
+
+def _as_cams(cams: Any) -> np.ndarray | _Stack:
+    """cams as [M,N,H,W]: an array, or a :class:`_Stack` of a sequence of M [N,H,W] arrays
+    (not copied)."""
+    if isinstance(cams, (list, tuple)) and cams and all(
+            getattr(a, "ndim", 0) == 3 for a in cams):
+        arrays = [to_numpy(a) for a in cams]
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"cams of the backbones differ in shape: "
+                             f"{[a.shape for a in arrays]}")
+        c: np.ndarray | _Stack = _Stack(arrays)
+    else:
+        c = to_numpy(cams)
+        if c.ndim == 3:
+            c = c[None]
     if c.ndim != 4:
         raise ValueError(f"cams must be float[M,N,H,W] or float[N,H,W], got shape {c.shape}")
     if not (np.issubdtype(c.dtype, np.floating) or np.issubdtype(c.dtype, np.integer)):
         raise ValueError(f"cams must be real numbers, got {c.dtype}")
-    if np.issubdtype(c.dtype, np.floating) and c.size and np.isnan(np.min(c)):
-        raise ValueError("cams contain NaN")
     return c
+
+
+def _check_nan(c: np.ndarray | _Stack, slices: np.ndarray | None) -> None:
+    """A ValueError when the slices ``slices`` (default all) of ``c`` hold NaN (read in
+    chunks)."""
+    if not np.issubdtype(c.dtype, np.floating) or not math.prod(c.shape):
+        return
+    rows = np.arange(c.shape[1]) if slices is None else slices
+    step = _chunk_rows(c.shape, 4)
+    for a in range(0, rows.size, step):
+        if np.isnan(np.min(c[:, _rows(rows[a:a + step])])):
+            raise ValueError("cams contain NaN")
+
+
+def _chunk_rows(shape: tuple[int, ...], bytes_per_value: int) -> int:
+    """Slices per chunk so that a [M,rows,H,W] temporary stays within ``_CHUNK_BYTES``."""
+    return max(1, _CHUNK_BYTES // max(1, math.prod(shape[:1] + shape[2:]) * bytes_per_value))
+
+
+def _rows(rows: np.ndarray) -> slice | np.ndarray:
+    """``rows`` as a slice when consecutive (views, no copies), else as they are."""
+    if rows.size and (rows.size == 1 or (np.diff(rows) == 1).all()):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
+def _slices(slices: Any, n: int) -> np.ndarray | None:
+    """``slices`` (indices into the N slices, or None for all) as int64, checked."""
+    if slices is None:
+        return None
+    s = np.asarray(to_numpy(slices))
+    if s.dtype == np.bool_ or s.ndim != 1 or not (s.size == 0 or np.issubdtype(s.dtype,
+                                                                               np.integer)):
+        raise ValueError(f"slices must be a 1-D array of slice indices, got {s!r}")
+    s = s.astype(np.int64, copy=False)
+    if s.size and (s.min() < 0 or s.max() >= n):
+        raise ValueError(f"slices must lie in 0..{n - 1}")
+    return s
 
 
 def _check_masks(cams: np.ndarray, region: Any, name: str = "region") -> np.ndarray | None:
@@ -163,29 +226,43 @@ def _positive(cams: np.ndarray, region: np.ndarray | None) -> np.ndarray:
     return c
 
 
-def binarize(cams: Any, thresholds: Any, ensemble: Any = None, region: Any = None) -> np.ndarray:
+def binarize(cams: Any, thresholds: Any, ensemble: Any = None, region: Any = None,
+             slices: Any = None) -> np.ndarray:
     """Binary masks bool[N,H,W] from cams float[M,N,H,W] (or [N,H,W]) and their thresholds.
 
     Per backbone ``cams[m] > thresholds[m]`` after zeroing cams outside ``region``
     (bool[N,H,W]); M >= 2 masks are combined by ``ensemble.combine``. An ensemble that
     ``fuses``, given ONE threshold, thresholds the fused (region-zeroed) CAMs instead.
-    ``ensemble`` may be a registered ensemble's name.
+    ``ensemble`` may be a registered ensemble's name. ``cams`` may also be a sequence of M
+    arrays [N,H,W] (memory-mapped, say: never stacked whole). ``slices`` (indices) gives the
+    masks of those slices only, bool[len(slices),H,W]. Slices are processed in chunks, so the
+    temporaries stay bounded (about ``_CHUNK_BYTES``) whatever N.
     """
     c = _as_cams(cams)
+    rows = _slices(slices, c.shape[1])
+    _check_nan(c, rows)
     ens = resolve_ensemble(ensemble)
     t = np.atleast_1d(np.asarray(to_numpy(thresholds), dtype=np.float64))
     m = c.shape[0]
     reg = _check_masks(c, region)
-    if m >= 2 and ens is not None and ens.fuses and t.shape == (1,):
-        return _fuse(ens, _positive(c, reg)) > t[0]
-    if t.shape != (m,):
+    fused = m >= 2 and ens is not None and ens.fuses and t.shape == (1,)
+    if not fused and t.shape != (m,):
         raise ValueError(f"need {m} thresholds (one per backbone), got {t.shape}")
-    masks = _positive(c, reg) > t[:, None, None, None]
-    if m == 1:
-        return masks[0]
-    if ens is None:
+    if not fused and m >= 2 and ens is None:
         raise ValueError(f"{m} backbones need an ensemble to combine their masks")
-    return _combine(ens, masks)
+    rows = np.arange(c.shape[1]) if rows is None else rows
+    out = np.empty((rows.size, *c.shape[2:]), dtype=bool)
+    step = _chunk_rows(c.shape, 8 + 1 + 1)  # the float64 copy, the masks, the combined mask
+    for a in range(0, rows.size, step):
+        idx = _rows(rows[a:a + step])
+        part = _positive(c[:, idx], None if reg is None else reg[idx])
+        if fused:
+            out[a:a + step] = _fuse(ens, part) > t[0]
+            continue
+        masks = part > t[:, None, None, None]
+        del part
+        out[a:a + step] = masks[0] if m == 1 else _combine(ens, masks)
+    return out
 
 
 class _Grid:
@@ -271,11 +348,17 @@ class _Grid:
 class _Data:
     """The validated inputs of one calibration."""
 
-    cams: np.ndarray  # [M,N,H,W]
+    cams: np.ndarray | _Stack  # [M,N,H,W]
     gt: np.ndarray  # bool[N,H,W]
     region: np.ndarray | None  # bool[N,H,W]
     grid: _Grid
     fuse: Any  # an ensemble whose fuse() makes ONE map, or None
+    index: np.ndarray | None = None  # the calibrated slices (positions map through it)
+
+    def rows(self, part: np.ndarray) -> slice | np.ndarray:
+        """The slices at positions ``part`` (of the calibrated slices) as an index into the
+        arrays: a slice when consecutive (views, no copies)."""
+        return _rows(part if self.index is None else self.index[part])
 
     @property
     def hw(self) -> int:
@@ -293,10 +376,7 @@ class _Data:
         step = max(1, _BLOCK_PIXELS // max(hw, 1))
         for a in range(0, sel.size, step):
             b = min(sel.size, a + step)
-            part = sel[a:b]
-            idx: slice | np.ndarray = part
-            if part.size == 1 or (np.diff(part) == 1).all():  # contiguous: views, no copies
-                idx = slice(int(part[0]), int(part[-1]) + 1)
+            idx = self.rows(sel[a:b])
             cams = self.cams[:, idx]
             reg = None if self.region is None else self.region[idx]
             if self.fuse is not None:
@@ -437,7 +517,7 @@ def _generic_counts(data: _Data, sel: np.ndarray, group: np.ndarray, ng: int,
     backbones = np.arange(m)
     for a in range(0, sel.size, rows):
         b = min(sel.size, a + rows)
-        part = sel[a:b]
+        part = data.rows(sel[a:b])
         cams = _positive(data.cams[:, part], None if data.region is None else data.region[part])
         masks = cams[:, None] > grid[None, :, None, None, None]  # [M,G,n,H,W]
         del cams
@@ -476,6 +556,7 @@ def grid_search(
     metric: str = "paper_miou",
     case_ids: Any = None,
     region: Any = None,
+    slices: Any = None,
 ) -> GridResult:
     """Evaluate every point of the product threshold grid exactly; return the best.
 
@@ -485,13 +566,24 @@ def grid_search(
     ``METRIC_NAMES``, ``case_ids`` the case of each slice (for ``dice_volume``), ``region``
     bool[N,H,W] (cams outside it are zeroed). Ties go to the lowest C-order grid index.
     An ensemble that ``fuses`` is calibrated with one threshold on the fused CAMs.
+
+    ``cams`` may also be a sequence of M arrays [N,H,W] (memory-mapped, say), and ``slices``
+    (indices) calibrates on those slices only, as if ``cams[:, slices]``, ``gt[slices]``,
+    ``region[slices]`` and ``case_ids[slices]`` had been passed: nothing is stacked or
+    subset whole, the pixels are read block by block.
     """
     c = _as_cams(cams)
+    index = _slices(slices, c.shape[1])
+    _check_nan(c, index)
     m, n, h, w = c.shape
     g = _as_bool(gt)
     if g.shape != (n, h, w):
         raise ValueError(f"gt shape {g.shape} does not match cams {c.shape} ([M,N,H,W])")
     reg = _check_masks(c, region)
+    if index is not None:
+        n = index.size
+        if case_ids is not None:
+            case_ids = np.asarray(to_numpy(case_ids))[index]
     values = threshold_grid(0.1) if thresholds is None else to_numpy(thresholds)
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 1 or values.size == 0 or not np.isfinite(values).all():
@@ -507,7 +599,7 @@ def grid_search(
 
     kind, param = ("pixel", 1) if m == 1 else _rule(ens, m)
     grid = _Grid(values)
-    data = _Data(c, g, reg, grid, ens if kind == "fuse" else None)
+    data = _Data(c, g, reg, grid, ens if kind == "fuse" else None, index)
     if kind == "fuse":
         kind, param = "pixel", 1
 
@@ -523,7 +615,12 @@ def grid_search(
     sorted_group = group[order]
     bounds = np.searchsorted(sorted_group, np.arange(n_groups + 1))
     positives = np.zeros(n_groups, dtype=np.int64)
-    np.add.at(positives, group, np.count_nonzero(g, axis=(1, 2)).astype(np.int64))
+    gt_count = np.empty(n, dtype=np.int64)
+    step = _chunk_rows((1, n, h, w), 1)
+    for a in range(0, n, step):
+        gt_count[a:a + step] = np.count_nonzero(g[data.rows(np.arange(a, min(n, a + step)))],
+                                                axis=(1, 2))
+    np.add.at(positives, group, gt_count)
     pixels = np.diff(bounds).astype(np.int64) * (h * w)
 
     dims = data.m

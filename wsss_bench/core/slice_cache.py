@@ -8,17 +8,22 @@ for a dataset that gives one), ``masks.npy`` bool[N,H,W], ``case_ids.npy`` str[N
 the dataset's name, ``cache_version`` and option values, the requested image size and every
 source file's path, size and modification time, so any change to an option or a file makes a
 new pass. The arrays are written into a hidden temporary folder that is renamed into place only
-when complete: a failed or interrupted pass leaves no cache behind.
+when complete: a failed or interrupted pass leaves no cache behind. Each case is appended to the
+files as soon as it is decoded (at most ``2 × workers`` decoded cases wait in memory), so the
+memory a pass needs does not grow with the dataset.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
 import shutil
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -89,30 +94,34 @@ def _decode(job: tuple[Any, CaseFiles, int | None]) -> Decoded:
 
 
 def _decode_all(dataset: Any, sources: list[CaseFiles], image_size: int | None, workers: int,
-                advance) -> list[Decoded]:
+                advance) -> Iterator[Decoded]:
+    """The decoded cases in order, one at a time: at most ``2 × workers`` decoded cases wait
+    in memory for the writer."""
     jobs = [(dataset, s, image_size) for s in sources]
     if workers <= 1 or len(jobs) <= 1:
-        out = []
         for job in jobs:
-            out.append(_decode(job))
+            yield _decode(job)
             advance(1)
-        return out
+        return
     # fork, as torch's DataLoader does on Linux: workers start at once with everything
     # imported; each uses one thread and no CUDA (decoding is NumPy, nibabel and CPU torch)
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context,
-                             initializer=_init_worker) as pool:
-        futures = [pool.submit(_decode, job) for job in jobs]
+    workers = min(workers, len(jobs))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        pending = deque(pool.submit(_decode, job) for job in jobs[:2 * workers])
+        following = iter(jobs[2 * workers:])
         try:
-            out = []
-            for future in futures:
-                out.append(future.result())
+            while pending:
+                result = pending.popleft().result()
+                for job in itertools.islice(following, 1):
+                    pending.append(pool.submit(_decode, job))
+                yield result
+                del result
                 advance(1)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    return out
 
 
 def _remove_stale(cache_root: Path) -> None:
@@ -136,35 +145,73 @@ def load(folder: Path) -> SliceSet:
     )
 
 
-def _write_stacked(path: Path, parts: list[np.ndarray], n: int) -> None:
-    """``parts`` (float16 [S_i,C,H,W]) one after another into a memory-mapped ``.npy``."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16,
-                                    shape=(n, *parts[0].shape[1:]))
-    start = 0
-    for part in parts:
-        out[start : start + len(part)] = part
-        start += len(part)
-    out.flush()
-    del out
+class _Appender:
+    """One ``.npy`` file written a case at a time: the raw values go to ``<name>.part``;
+    ``finish`` writes the header (as ``np.save`` does) and copies them after it in blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.part = path.with_name(path.name + ".part")
+        self.file = open(self.part, "wb")  # noqa: SIM115 (closed by finish)
+        self.rows = 0
+        self.dtype: np.dtype | None = None
+        self.tail: tuple[int, ...] = ()
+
+    def append(self, array: np.ndarray) -> None:
+        if self.dtype is None:
+            self.dtype, self.tail = array.dtype, array.shape[1:]
+        if array.dtype != self.dtype or array.shape[1:] != self.tail:
+            raise ValueError(f"{self.path.name}: a case of {array.dtype} {array.shape[1:]} "
+                             f"after {self.dtype} {self.tail}")
+        array.tofile(self.file)
+        self.rows += len(array)
+
+    def finish(self) -> None:
+        self.file.close()
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, *self.tail)}
+        with open(self.path, "wb") as out, open(self.part, "rb") as raw:
+            np.lib.format.write_array_header_1_0(out, header)
+            shutil.copyfileobj(raw, out, 16 * 2**20)
+        self.part.unlink()
+
+    def discard(self) -> None:
+        self.file.close()
+        self.part.unlink()
 
 
-def _write(folder: Path, cases: list[Decoded], description: dict[str, Any],
-           dataset: Any) -> None:
-    n = sum(len(images) for _, images, _, _ in cases)
-    _write_stacked(folder / "images.npy", [images for _, images, _, _ in cases], n)
-    views = [cam for _, _, _, cam in cases]
-    if join_cam_views(dataset.name, [v[:0] if v is not None else None for v in views],
-                      dataset.cam_view) is not None:
-        _write_stacked(folder / "cam_images.npy", views, n)  # type: ignore[arg-type]
-    masks = np.concatenate([case_masks for _, _, case_masks, _ in cases])
-    case_ids, slice_index = [], []
-    for case_id, case_images, _, _ in cases:
+def _write(folder: Path, cases: Iterable[Decoded], description: dict[str, Any],
+           dataset: Any) -> int:
+    """Write the cases into the cache folder as they come (none is kept once written);
+    the number of slices."""
+    images, masks = _Appender(folder / "images.npy"), _Appender(folder / "masks.npy")
+    cams = _Appender(folder / "cam_images.npy")
+    case_ids: list[str] = []
+    slice_index: list[int] = []
+    present: list[bool] = []
+    for case_id, case_images, case_masks, cam in cases:
+        if images.dtype is not None and case_images.shape[1:] != images.tail:
+            shapes = sorted({images.tail, case_images.shape[1:]})
+            raise UsageError(f"dataset {dataset.name!r} yields slices of several shapes "
+                             f"{shapes}; pass --image-size N to resize them to N×N")
+        images.append(case_images)
+        masks.append(case_masks)
+        present.append(cam is not None)
+        if cam is not None:
+            cams.append(cam)
         case_ids += [case_id] * len(case_images)
         slice_index += range(len(case_images))
-    np.save(folder / "masks.npy", masks)
+    images.finish()
+    masks.finish()
+    if join_cam_views(dataset.name, [np.zeros(0) if p else None for p in present],
+                      dataset.cam_view) is not None:
+        cams.finish()
+    else:
+        cams.discard()
     np.save(folder / "case_ids.npy", np.asarray(case_ids))
     np.save(folder / "slice_index.npy", np.asarray(slice_index, dtype=np.int64))
     (folder / "meta.json").write_text(json.dumps(description, indent=1, default=str))
+    return len(case_ids)
 
 
 def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
@@ -183,21 +230,18 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
         data = load(folder)
         reporter.summary(f"[bold]prepare[/] {dataset.name}: slice cache reused ({folder})")
         return data
-    with reporter.task(f"prepare {dataset.name}", total=len(sources)) as advance:
-        cases = _decode_all(dataset, sources, image_size, workers, advance)
-    shapes = {images.shape[1:] for _, images, _, _ in cases}
-    if len(shapes) > 1:
-        raise UsageError(f"dataset {dataset.name!r} yields slices of several shapes "
-                         f"{sorted(shapes)}; pass --image-size N to resize them to N×N")
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
     _remove_stale(cache_root)
     tmp = cache_root / f".tmp-{dataset.name}-{key}-{os.getpid()}"
-    with atomic.folder(folder, tmp, complete=lambda f: (f / "meta.json").is_file(),
-                       replace=force, old=cache_root / f".tmp-old-{key}-{os.getpid()}"):
-        _write(tmp, cases, description, dataset)
-    n = sum(len(c[1]) for c in cases)
-    reporter.summary(f"[bold]prepare[/] {dataset.name}: {len(cases)} cases, {n} slices decoded "
+    # each case is written as soon as it is decoded (bounded memory: the cache's arrays are
+    # never all in memory); a failure anywhere leaves no cache behind
+    with (atomic.folder(folder, tmp, complete=lambda f: (f / "meta.json").is_file(),
+                        replace=force, old=cache_root / f".tmp-old-{key}-{os.getpid()}"),
+          reporter.task(f"prepare {dataset.name}", total=len(sources)) as advance):
+        n = _write(tmp, _decode_all(dataset, sources, image_size, workers, advance),
+                       description, dataset)
+    reporter.summary(f"[bold]prepare[/] {dataset.name}: {len(sources)} cases, {n} slices decoded "
                      f"with {workers} worker(s) in {time.perf_counter() - t0:.1f} s, cached in "
                      f"{folder}")
     return load(folder)

@@ -33,18 +33,19 @@ def make_cams(unit: CamUnit, ctx: Context) -> Mapped:
     model = load_model(ctx, unit.train.backbone, unit.checkpoint(), unit.output_stride)
     layer = ctx.plugin("backbones", unit.train.backbone).target_layer(model)
     gate = np.asarray(unit.predicted) == 1 if plan.config.gate else None
+    images = ctx.data.cam_input
     maps, seconds, failed = {}, {}, {}
     for name in unit.todo:
         t0 = time.perf_counter()
+        out = np.empty((len(images), *images.shape[2:]), dtype=np.float16)  # what is stored
         try:
-            out = compute_cams(ctx.plugin("cams", name), model, layer, ctx.data.cam_input,
-                               plan.config.cam_batch_size, ctx.torch_device,
-                               target=plan.config.cam_target, gate=gate, amp=plan.amp,
-                               channels_last=plan.channels_last)
+            maps[name] = compute_cams(ctx.plugin("cams", name), model, layer, images,
+                                      plan.config.cam_batch_size, ctx.torch_device,
+                                      target=plan.config.cam_target, gate=gate, amp=plan.amp,
+                                      channels_last=plan.channels_last, out=out)
         except PluginOutputError as exc:  # this method fails; the others go on
             failed[name] = str(exc)
             continue
-        maps[name] = out.astype(np.float16)
         seconds[name] = time.perf_counter() - t0
     return Mapped(maps, seconds, failed)
 
@@ -52,14 +53,17 @@ def make_cams(unit: CamUnit, ctx: Context) -> Mapped:
 def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
                  device: torch.device, advance=None, target: str = "predicted",
                  gate: np.ndarray | None = None, amp: bool = False,
-                 channels_last: bool = False) -> np.ndarray:
+                 channels_last: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """CAMs float32[N,H,W] for every slice, in batches on ``device``.
 
     ``target`` is ``predicted`` (each slice's predicted class, the paper: the CAM method gets
     ``None``) or ``positive`` (the lesion class: it gets a tensor of ones). ``gate`` bool[N]
-    zeroes the maps of slices predicted negative (WSS-CMER).
+    zeroes the maps of slices predicted negative (WSS-CMER). ``out`` (e.g. float16[N,H,W],
+    or a memory-mapped array) receives each batch's float32 maps converted to its dtype, and
+    is returned: the same values as converting the whole float32 result, without it.
     """
-    out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(images), *images.shape[2:]), dtype=np.float32)
     for start in range(0, len(images), batch_size):
         batch = on_device(as_tensor(images[start : start + batch_size]), device, channels_last)
         classes = (None if target == "predicted"
@@ -76,4 +80,4 @@ def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
 
 def store_files(maps: np.ndarray, folder: Path) -> None:
     """Write one CAM method's maps (float16) into its store unit's folder."""
-    np.save(folder / "cams.npy", maps.astype(np.float16))
+    np.save(folder / "cams.npy", np.asarray(maps, dtype=np.float16))  # no copy if float16

@@ -93,13 +93,14 @@ class Context:
         return self._plugins[(kind, name)]
 
     def cams(self, key: str) -> np.ndarray:
-        """The CAMs of a unit as float32 (exact conversion of the stored float16); the last
+        """The CAMs of a unit as stored: float16[N,H,W], memory-mapped (no copy: calibration
+        reads them in blocks and compares them exactly as their float32 conversion); the last
         few are kept (as many as one method's backbones need)."""
         if key not in self._cams:
             stored = self.cam_arrays.get(key)
             if stored is None:
                 stored = np.load(self.store_root / "cams" / key / "cams.npy", mmap_mode="r")
-            self._cams[key] = np.asarray(stored, dtype=np.float32)
+            self._cams[key] = stored
             while len(self._cams) > self._cam_slots():
                 self._cams.popitem(last=False)
         self._cams.move_to_end(key)

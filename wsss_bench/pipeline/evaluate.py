@@ -42,10 +42,11 @@ def empty(ctx: Context, fold: int) -> dict[str, float]:
 
 
 def _inputs(unit: EvalUnit, ctx: Context, i: int):
-    """The unit's CAMs float32[M,N,H,W] on fold ``unit.folds[i]``, its filter's region and
-    the fold's (training, validation) slice indices."""
+    """The unit's CAMs on fold ``unit.folds[i]`` (M arrays float16[N,H,W] as stored,
+    memory-mapped: never stacked or subset whole, calibration reads them in blocks), its
+    filter's region and the fold's (training, validation) slice indices."""
     fold = unit.folds[i]
-    stack = np.stack([ctx.cams(key) for key in unit.cam_keys[i]])
+    stack = [ctx.cams(key) for key in unit.cam_keys[i]]
     return stack, ctx.region(unit.filter, fold), ctx.split(fold)
 
 
@@ -53,20 +54,20 @@ def _ensemble(unit: EvalUnit, ctx: Context) -> Any:
     return ctx.plugin("ensembles", unit.ensemble) if unit.ensemble else None
 
 
-def _grid(unit: EvalUnit, ctx: Context, stack: np.ndarray, region: np.ndarray,
+def _grid(unit: EvalUnit, ctx: Context, stack: list[np.ndarray], region: np.ndarray,
           train: np.ndarray, grid: np.ndarray) -> calibration.GridResult:
     """Every grid point scored on the fold's training slices."""
     data = ctx.data
     return calibration.grid_search(
-        stack[:, train], data.masks[train], ensemble=_ensemble(unit, ctx), thresholds=grid,
-        metric=ctx.plan.config.select_by, case_ids=data.case_ids[train], region=region[train])
+        stack, data.masks, ensemble=_ensemble(unit, ctx), thresholds=grid,
+        metric=ctx.plan.config.select_by, case_ids=data.case_ids, region=region, slices=train)
 
 
-def _apply(unit: EvalUnit, ctx: Context, stack: np.ndarray, region: np.ndarray,
+def _apply(unit: EvalUnit, ctx: Context, stack: list[np.ndarray], region: np.ndarray,
            thresholds: tuple[float, ...], fold_index: int = 0) -> dict[str, Any]:
     """The thresholds applied to the fold's validation slices, scored."""
     _, val = ctx.split(unit.folds[fold_index])
     data = ctx.data
-    pred = calibration.binarize(stack[:, val], thresholds, _ensemble(unit, ctx), region[val])
+    pred = calibration.binarize(stack, thresholds, _ensemble(unit, ctx), region, slices=val)
     return {"thresholds": [float(t) for t in thresholds],
             "metrics": score(pred, data.masks[val], data.case_ids[val])}

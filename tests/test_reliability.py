@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
 from tests.test_cli import run_main
+from wsss_bench.contracts import Case, CaseFiles
+from wsss_bench.errors import PluginOutputError, UsageError
 
 DIST = "wsss-bench-faulty-plugins 0.1.0"
 TINY = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=4", "-o", "phantom.size=32",
@@ -179,3 +183,75 @@ def test_a_broken_dataset_stops_the_run_before_anything_is_stored(
     assert f"dataset 'faultyset' ({DIST}) " in err and problem in err, err
     assert not (tmp_path / "w" / "units").exists()
     assert not (tmp_path / "lb").exists()
+
+
+@dataclass(frozen=True)
+class NpyCases:
+    """A file dataset (one .npy volume per case) that decodes badly as ``fault`` says."""
+
+    name: str = "npycases"
+    description: str = "test file dataset"
+    needs_data_dir: ClassVar[bool] = True
+    reads_files: ClassVar[bool] = True
+    archive: ClassVar[None] = None
+    download_note: ClassVar[str] = "made by the test"
+    cache_version: ClassVar[int] = 0
+    cam_view: ClassVar[bool] = False
+    fault: str = "nan"
+
+    def sources(self, data_dir: Path) -> list[CaseFiles]:
+        return [CaseFiles(p.stem, {"image": p}) for p in sorted(Path(data_dir).glob("*.npy"))]
+
+    def load(self, source: CaseFiles) -> Case:
+        images = np.load(source.files["image"])
+        if source.case_id == "c2" and self.fault == "nan":
+            images[1, 0, 3, 3] = np.nan
+        if source.case_id == "c2" and self.fault == "huge":
+            images *= 1e6  # finite float32, beyond float16
+        return Case(source.case_id, images, images[:, 0] > 0.5)
+
+
+@pytest.mark.parametrize(("fault", "problem"), [
+    ("nan", "case 'c2': images contain NaN in 1 of"),
+    ("huge", "case 'c2': images exceed float16's range (±65504) and cannot be cached"),
+])
+def test_a_file_dataset_decoded_in_worker_processes_is_checked_too(tmp_path, fault, problem):
+    from wsss_bench.core import slice_cache
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.save(tmp_path / f"c{i}.npy", rng.random((4, 1, 8, 8), dtype=np.float32))
+    with pytest.raises(PluginOutputError) as failed:
+        slice_cache.prepare(NpyCases(fault=fault), tmp_path, tmp_path / "cache", workers=2)
+    message = str(failed.value)
+    assert message.startswith("dataset 'npycases' (module tests.test_reliability, no "
+                              "installed distribution) broke its contract: "), message
+    assert problem in message and "\n" not in message
+    assert not any((tmp_path / "cache").glob("npycases-*"))  # nothing cached
+
+
+def test_a_cam_raising_a_usage_error_or_returning_an_array_is_named():
+    import torch
+
+    from wsss_bench.guards import guard
+
+    class Loud:
+        name, description = "loud", "raises a UsageError"
+
+        def cam(self, model, layer, images, target=None):
+            raise UsageError("bad things")
+
+    class Numpy:
+        name, description = "numpycam", "returns a NumPy array"
+
+        def cam(self, model, layer, images, target=None):
+            return np.zeros((len(images), *images.shape[2:]), dtype=np.float32)
+
+    x = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(PluginOutputError, match=r"^CAM method 'loud' \(module "
+                       r"tests\.test_reliability, no installed distribution\) raised "
+                       r"UsageError: bad things$"):
+        guard("cams", Loud()).cam(None, None, x)
+    with pytest.raises(PluginOutputError, match=r"CAM method 'numpycam' .* broke its contract: "
+                       r"returned a ndarray, not a torch\.Tensor \[B,H,W\]"):
+        guard("cams", Numpy()).cam(None, None, x)

@@ -28,9 +28,11 @@ def _run(root: Path, *args: str) -> int:
 BASE = {"n_cases": 6, "n_slices": 4, "size": 32}  # TINY's phantom options
 
 
-def key(method: str, **dataset: object) -> str:
-    """The row key of ``method`` on TINY's phantom with ``dataset`` options added."""
-    return leaderboard.row_key({"method": method, "dataset_options": {**BASE, **dataset}})
+def key(method: str, options: dict | None = None, **dataset: object) -> str:
+    """The row key of ``method`` (its plugins' ``options``) on TINY's phantom with
+    ``dataset`` options added."""
+    return leaderboard.row_key({"method": method, "options": options or {},
+                                "dataset_options": {**BASE, **dataset}})
 
 
 def _measured(root: Path) -> dict[str, dict]:
@@ -54,7 +56,8 @@ def boards(tmp_path_factory):
 
 def test_rows_made_with_other_options_coexist(boards):
     _, (first, second, _) = boards
-    sg2, sg3 = (key(f"resnet18 / smoothgradcam++[samples={n}] / none") for n in (2, 3))
+    sg2, sg3 = (key(f"resnet18 / smoothgradcam++[samples={n}] / none",
+                    {"smoothgradcam++": {"samples": n}}) for n in (2, 3))
     grad = key("resnet18 / gradcam / none")
     assert set(first) == {key("Empty"), grad, sg2}
     assert set(second) == set(first) | {sg3}

@@ -118,7 +118,14 @@ def garble(unit: Path) -> None:
 
 def old_version(unit: Path) -> None:
     meta = json.loads((unit / "unit.json").read_text())
-    del meta["files"]
+    del meta["files"], meta["meta_sha256"]
+    (unit / "unit.json").write_text(json.dumps(meta))
+
+
+def edit_result(unit: Path) -> None:
+    """An evaluate unit's numbers live in unit.json: change one, as a bit flip or a hand would."""
+    meta = json.loads((unit / "unit.json").read_text())
+    meta["output_stride"] = 16
     (unit / "unit.json").write_text(json.dumps(meta))
 
 
@@ -127,7 +134,8 @@ def old_version(unit: Path) -> None:
     (flip, "cams.npy does not match its sha256"),
     (delete, "sub/model.pt is missing"),
     (garble, "unit.json is unreadable"),
-    (old_version, "no file checksums (made by an older wsss-bench)"),
+    (old_version, "records no checksums (made by an older wsss-bench)"),
+    (edit_result, "unit.json does not match its recorded sha256 (edited or corrupted)"),
 ])
 def test_an_untrusted_unit_is_not_ready_and_is_recomputed(tmp_path, damage, reason):
     Store(tmp_path).write("cams", "k1", {}, fill)

@@ -391,12 +391,12 @@ def _non_finite(values: np.ndarray) -> str:
 
 
 def cam_output_problem(out: Any, shape: tuple[int, ...]) -> str:
-    """A CAM method's output for a batch of images ``shape`` [B,C,H,W]: a float tensor (or
-    array) [B,H,W], finite, within [0, 1]."""
+    """A CAM method's output for a batch of images ``shape`` [B,C,H,W]: a float
+    ``torch.Tensor`` [B,H,W], finite, within [0, 1]."""
     expected = (shape[0], *shape[2:])
-    values = _values(out)
-    if values is None:
+    if not isinstance(out, torch.Tensor):
         return f"returned a {type(out).__name__}, not a torch.Tensor [B,H,W]"
+    values = _values(out)
     if tuple(values.shape) != expected:
         return (f"returned shape {tuple(values.shape)} for images {tuple(shape)}; "
                 f"expected {expected}")

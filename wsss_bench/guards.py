@@ -58,12 +58,17 @@ def raised(who: str, exc: BaseException) -> PluginOutputError:
     return PluginOutputError(f"{who} raised {text}")
 
 
-def call(who: str, method: Any, *args: Any) -> Any:
-    """``method(*args)``; an exception other than a UsageError becomes one naming ``who``."""
+def call(who: str, method: Any, *args: Any, keep_usage: bool = False) -> Any:
+    """``method(*args)``; an exception becomes a PluginOutputError naming ``who`` (a
+    UsageError is kept as it is when ``keep_usage``: a dataset's one-line data errors)."""
     try:
         return method(*args)
-    except UsageError:
+    except PluginOutputError:
         raise
+    except UsageError as exc:
+        if keep_usage:
+            raise
+        raise raised(who, exc) from exc
     except Exception as exc:  # noqa: BLE001 (the plugin's own failure, named)
         raise raised(who, exc) from exc
 
@@ -142,7 +147,7 @@ def guarded_cases(dataset: Any, data_dir: Any) -> Iterator[Any]:
     """``dataset.cases(data_dir)``, each case checked; an exception inside the plugin becomes
     a PluginOutputError naming it (a UsageError it raises stays as it is)."""
     who = label("datasets", dataset)
-    cases = iter(call(who, dataset.cases, data_dir))
+    cases = iter(call(who, dataset.cases, data_dir, keep_usage=True))
     while True:
         try:
             case = next(cases)
@@ -153,6 +158,16 @@ def guarded_cases(dataset: Any, data_dir: Any) -> Iterator[Any]:
         except Exception as exc:  # noqa: BLE001 (the plugin's own failure, named)
             raise raised(who, exc) from exc
         yield check_case(dataset, case)
+
+
+def check_stored_case(dataset: Any, case_id: str, arrays: dict[str, Any]) -> None:
+    """The float16 arrays a case is cached as: finite (values beyond float16's ±65504 would
+    become Inf), or a PluginOutputError naming the dataset."""
+    for name, arr in arrays.items():
+        if arr is not None and not np.isfinite(arr).all():
+            raise fail(label("datasets", dataset),
+                       f"case {case_id!r}: {name} exceed float16's range (±65504) and cannot "
+                       f"be cached; normalise the intensities in the dataset's load()")
 
 
 def check_logits(backbone: Any, out: Any, batch: int, num_classes: int = 2,

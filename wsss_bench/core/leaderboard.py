@@ -86,7 +86,7 @@ def migrate(board: dict[str, Any]) -> dict[str, Any]:
                     continue
                 try:
                     obj = registry.kind(kind).get_entry(name).obj
-                except UsageError:
+                except UsageError:  # another kind's plugin, or one not installed here
                     continue
                 neutral = getattr(obj, "key_neutral", {})
                 changed = {k: v for k, v in recorded[name].items()
@@ -94,6 +94,8 @@ def migrate(board: dict[str, Any]) -> dict[str, Any]:
                            and not (k in neutral and neutral[k] == v)
                            and v != json.loads(json.dumps(getattr(obj, k), default=str))}
                 found[name] = changed
+        if any(p in recorded and p not in found for p in parts if p):
+            continue  # a plugin not installed here: left for a later read to migrate
         row["dataset_options"] = found.pop(board["dataset"], {})
         row["options"] = {k: v for k, v in found.items() if v}
         if row["options"]:
@@ -102,9 +104,10 @@ def migrate(board: dict[str, Any]) -> dict[str, Any]:
 
 
 def row_key(row: dict[str, Any]) -> str:
-    """A row's identity in its board: the method and the dataset's non-default options
-    (rows of other data are other rows, ``Empty`` included)."""
-    options = row.get("dataset_options") or {}
+    """A row's identity in its board: the method, its plugins' and the dataset's non-default
+    options (rows of other data are other rows, ``Empty`` included)."""
+    options = {k: v for k, v in (("options", row.get("options")),
+                                 ("dataset", row.get("dataset_options"))) if v}
     return row["method"] + (f" · {json.dumps(options, sort_keys=True)}" if options else "")
 
 

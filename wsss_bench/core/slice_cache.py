@@ -36,7 +36,7 @@ from wsss_bench.core import atomic
 from wsss_bench.core.progress import Reporter
 from wsss_bench.core.slices import SliceSet, join_cam_views, resize_case
 from wsss_bench.errors import UsageError
-from wsss_bench.guards import call, check_case, label
+from wsss_bench.guards import call, check_case, check_stored_case, label
 
 CACHE_FORMAT = 1
 FILES = ("images.npy", "masks.npy", "case_ids.npy", "slice_index.npy")
@@ -85,12 +85,14 @@ def _decode(job: tuple[Any, CaseFiles, int | None]) -> Decoded:
     """Decode one case (in a worker): ``(case_id, images float16, masks bool, CAM view float16
     or None)``."""
     dataset, source, image_size = job
-    case = check_case(dataset, call(label("datasets", dataset), dataset.load, source))
+    case = check_case(dataset, call(label("datasets", dataset), dataset.load, source,
+                                    keep_usage=True))
     if image_size is not None:
         case = resize_case(case, image_size)
     cam = None if case.cam_images is None else case.cam_images.astype(np.float16)
-    return (case.case_id, case.images.astype(np.float16), case.masks.astype(bool, copy=False),
-            cam)
+    images = case.images.astype(np.float16)
+    check_stored_case(dataset, case.case_id, {"images": images, "CAM view": cam})
+    return (case.case_id, images, case.masks.astype(bool, copy=False), cam)
 
 
 def _decode_all(dataset: Any, sources: list[CaseFiles], image_size: int | None, workers: int,
@@ -221,7 +223,7 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
     ``force``)."""
     reporter = reporter or Reporter(quiet=True)
     t0 = time.perf_counter()
-    sources = dataset.sources(Path(data_dir))
+    sources = call(label("datasets", dataset), dataset.sources, Path(data_dir), keep_usage=True)
     if not sources:
         raise UsageError(f"dataset {dataset.name!r} found no cases under {data_dir}")
     key, description = cache_key(dataset, sources, image_size)

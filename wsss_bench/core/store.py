@@ -59,8 +59,22 @@ def checksums(folder: Path) -> dict[str, dict[str, Any]]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != UNIT_FILE}
 
 
+def meta_sha256(meta: dict[str, Any]) -> str:
+    """The sha256 of a unit's metadata (its results too, for an evaluate unit) without the
+    field that records it."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def problem(folder: Path, key: str) -> str | None:
     """Why the unit in ``folder`` cannot be trusted (one phrase), or None when it is whole."""
+    try:
+        return _problem(folder, key)
+    except OSError as exc:  # replaced or removed by another run while it was read
+        return f"it could not be read ({exc})"
+
+
+def _problem(folder: Path, key: str) -> str | None:
     try:
         meta = json.loads((folder / UNIT_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -68,8 +82,10 @@ def problem(folder: Path, key: str) -> str | None:
     if not isinstance(meta, dict) or meta.get("key") != key:
         return f"{UNIT_FILE} does not describe unit {key}"
     files = meta.get("files")
-    if not isinstance(files, dict):
-        return f"{UNIT_FILE} records no file checksums (made by an older wsss-bench)"
+    if not isinstance(files, dict) or "meta_sha256" not in meta:
+        return f"{UNIT_FILE} records no checksums (made by an older wsss-bench)"
+    if meta_sha256(meta) != meta["meta_sha256"]:
+        return f"{UNIT_FILE} does not match its recorded sha256 (edited or corrupted)"
     for name, want in sorted(files.items()):
         path = folder / name
         if not isinstance(want, dict) or ".." in Path(name).parts or Path(name).is_absolute():
@@ -141,6 +157,8 @@ class Store:
             extra = fill(tmp) or {}
             meta = {"stage": stage, "key": key, "made": time.time(), "pid": os.getpid(),
                     "description": description, **extra, "files": checksums(tmp)}
+            meta = json.loads(json.dumps(meta, default=str))  # exactly what is read back
+            meta["meta_sha256"] = meta_sha256(meta)
             (tmp / UNIT_FILE).write_text(json.dumps(meta, indent=1, default=str))
             with self._lock:
                 atomic.place(tmp, final, complete=lambda f: problem(f, key) is None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wsss_bench import guards
 from wsss_bench.core.training import autocast, on_device
 from wsss_bench.errors import PluginOutputError
 from wsss_bench.pipeline.context import Context
@@ -30,8 +31,10 @@ class Mapped:
 def make_cams(unit: CamUnit, ctx: Context) -> Mapped:
     """The CAMs of every slice's CAM view for the methods ``unit.todo`` (the stage function)."""
     plan = ctx.plan
+    backbone = ctx.plugin("backbones", unit.train.backbone)
+    who = guards.label("backbones", backbone, plan.versions)
     model = load_model(ctx, unit.train.backbone, unit.checkpoint(), unit.output_stride)
-    layer = ctx.plugin("backbones", unit.train.backbone).target_layer(model)
+    layer = guards.call(who, backbone.target_layer, model)
     gate = np.asarray(unit.predicted) == 1 if plan.config.gate else None
     images = ctx.data.cam_input
     maps, seconds, failed = {}, {}, {}

@@ -17,6 +17,7 @@ from wsss_bench.core import slice_cache
 from wsss_bench.core.progress import Reporter
 from wsss_bench.core.slices import SliceSet, collect
 from wsss_bench.core.store import digest
+from wsss_bench.errors import UsageError
 from wsss_bench.pipeline.plan import Plan
 from wsss_bench.volumes import MissingData
 
@@ -44,7 +45,7 @@ def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
                 reporter)
         force = unit.force
         try:
-            data = slice_cache.prepare(*args, force=force)
+            data = _cached(args, force)
         except MissingData:
             archive = dataset.archive
             if archive is None:
@@ -52,7 +53,7 @@ def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
             reporter.summary(f"[bold]download[/] {dataset.name}: no data in {data_dir(plan)}, "
                              f"fetching {archive.url}")
             download.fetch(archive, data_dir(plan), reporter)
-            data = slice_cache.prepare(*args, force=force)
+            data = _cached(args, force)
     reporter.summary(
         f"[bold]data[/] {unit.dataset}: {len(set(data.case_ids.tolist()))} cases, "
         f"{len(data)} slices of {data.images.shape[1]}×{data.images.shape[2]}×"
@@ -60,3 +61,13 @@ def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
         f"{data.masks.mean():.2%} ({time.perf_counter() - t0:.1f} s)")
     return data
 
+
+
+def _cached(args: tuple[Any, ...], force: bool) -> SliceSet:
+    """The slice cache of ``args`` (:func:`slice_cache.prepare`); a failed write (disk full)
+    is one line: nothing was cached."""
+    try:
+        return slice_cache.prepare(*args, force=force)
+    except OSError as exc:
+        raise UsageError(f"cannot write the slice cache in {args[2]}: {exc}; free space or "
+                         f"pass --workdir on another disk; nothing was cached") from None

@@ -103,13 +103,20 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
             failures.append(f"{unit.describe()}: {cause}; nothing was stored for it")
             if isinstance(unit, TrainUnit):
                 bad_train.add(unit.key)
+                store.release("train", unit.key)  # another run may make it now
             elif isinstance(unit, CamUnit):
                 bad_cams.update(unit.keys[name][0] for name in unit.todo)
+                for name in unit.todo:
+                    store.release("cams", unit.keys[name][0])
+            else:
+                for key, _ in unit.keys:
+                    store.release("evaluate", key)
 
     def commit_maps(unit: CamUnit, result: cams.Mapped) -> None:
         commit_cams(store, reporter, unit, result, len(data))
         for name, cause in result.failed.items():
             bad_cams.add(unit.keys[name][0])
+            store.release("cams", unit.keys[name][0])
             failures.append(f"cams {name} {unit.train.label}: {cause}; nothing was stored "
                             f"for it")
 
@@ -120,9 +127,10 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
             bad_cams.update(key for key, _ in unit.keys.values())
     stage(cams.make_cams, pending_cams(plan, store, reporter, skip=bad_train), "cams",
           commit_maps)
-    found = reused_evaluations(plan, store, reporter)  # by the unit's first key
     blocked = {u.keys[0][0] for u in plan.evaluate
                if any(k in bad_cams for keys in u.cam_keys for k in keys)}
+    found = reused_evaluations(plan, store, reporter, skip=blocked)  # by the unit's first key
+    reused = len(found)
     for unit in plan.evaluate:
         if unit.keys[0][0] in blocked:
             failures.append(f"{unit.describe()}: skipped, it needs CAMs that failed above")
@@ -137,8 +145,7 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
                   if u.keys[0][0] not in found or u.keys[0][0] in blocked}
     strides = {u.backbone: store.info("train", u.key)["output_stride"] for u in plan.train
                if u.key not in bad_train}
-    rows = publish.rows(plan, ctx, whole, strides, len(plan.evaluate) - len(todo), reporter,
-                        incomplete=incomplete)
+    rows = publish.rows(plan, ctx, whole, strides, reused, reporter, incomplete=incomplete)
     return Outcome(rows, folds, failures)
 
 
@@ -202,11 +209,15 @@ def commit_cams(store: Store, reporter: Reporter, unit: CamUnit, result: cams.Ma
                          f"({result.seconds[name]:.1f} s)")
 
 
-def reused_evaluations(plan: Plan, store: Store, reporter: Reporter | None = None
+def reused_evaluations(plan: Plan, store: Store, reporter: Reporter | None = None,
+                       skip: set[str] = frozenset()
                        ) -> dict[str, tuple[EvalUnit, list[dict[str, Any]]]]:
-    mine = claim(store, reporter, "evaluate", [key for u in plan.evaluate for key, _ in u.keys])
+    """The stored results of evaluate units, by first key; the others are claimed for this
+    run (``skip``: first keys of units that cannot run, neither claimed nor reused)."""
+    units = [u for u in plan.evaluate if u.keys[0][0] not in skip]
+    mine = claim(store, reporter, "evaluate", [key for u in units for key, _ in u.keys])
     found = {}
-    for unit in plan.evaluate:
+    for unit in units:
         if not any(key in mine for key, _ in unit.keys):
             found[unit.keys[0][0]] = (unit, [store.info("evaluate", key)["result"]
                                              for key, _ in unit.keys])

@@ -14,7 +14,7 @@ import torch
 
 from wsss_bench import guards
 from wsss_bench.core.training import TrainConfig, autocast, on_device, train_classifier
-from wsss_bench.errors import UsageError
+from wsss_bench.errors import PluginOutputError, UsageError
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import TrainUnit, weights_argument
 
@@ -38,7 +38,8 @@ def train(unit: TrainUnit, ctx: Context) -> Trained:
     ctx.plugin("backbones", unit.backbone)  # plugin code runs before seeding, as in any process
     weights_argument(plan, ctx.plugin("backbones", unit.backbone))
     torch.manual_seed(seed)
-    model, stride, notes = build(ctx, unit.backbone)
+    who = guards.label("backbones", ctx.plugin("backbones", unit.backbone), plan.versions)
+    model, stride, notes = guards.call(who, build, ctx, unit.backbone, keep_usage=True)
     tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
                        amp=plan.amp, channels_last=plan.channels_last,
                        precise_bn=cfg.precise_bn == "on")
@@ -47,8 +48,9 @@ def train(unit: TrainUnit, ctx: Context) -> Trained:
     t0 = time.perf_counter()
     result = train_classifier(model, data.images[train_idx], data.labels[train_idx], tcfg, device)
     if not np.isfinite(result.losses).all():
-        raise guards.fail(guards.label("backbones", backbone, plan.versions),
-                          f"training diverged (loss per epoch {result.losses})")
+        raise PluginOutputError(f"train {unit.label}: training diverged (loss per epoch "
+                                f"{result.losses}); check the data's value range, --lr and "
+                                f"{who}")
     predicted = predict(result.model, data.images, cfg.cam_batch_size, device, amp=plan.amp,
                         channels_last=plan.channels_last,
                         check=lambda out, n: guards.check_logits(backbone, out, n,

@@ -289,15 +289,16 @@ def test_run_with_every_ensemble_and_filter(tmp_path):
     filters = ("none", "center-box", "brain", "brain-band", "learned-box")
     cores = ("and(", "or(", "<(", ">(", "vote(", "mean(")  # the paper's symbols for '<' and '>'
     for f in filters:
+        shown = "center-box[side=0.75]" if f == "center-box" else f  # its non-default option
         for core in cores:
-            row = rows[f"{core}resnet18,resnet34) / gradcam / {f}"]
+            row = rows[f"{core}resnet18,resnet34) / gradcam / {shown}"]
             if core == "mean(":  # one threshold for the fused CAM
                 assert all(len(t) == 1 for t in row["thresholds"])
             else:
                 _check_row_schema(row, n_folds=2)
             assert row["run"]["config"]["select_by"] == "dice_volume"
     assert rows["<(resnet18,resnet34) / gradcam / none"]["ensemble"] == "smaller"
-    assert rows["and(resnet18,resnet34) / gradcam / center-box"]["run"]["plugins"][
+    assert rows["and(resnet18,resnet34) / gradcam / center-box[side=0.75]"]["run"]["plugins"][
         "center-box"]["side"] == 0.75
     md = (lb / "phantom.md").read_text()
     assert "| <(resnet18,resnet34) / gradcam / none |" in md

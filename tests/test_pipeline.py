@@ -183,7 +183,8 @@ def test_ray_retries_a_task_whose_worker_died_and_names_a_unit_that_always_fails
 @pytest.mark.slow
 def test_a_unit_that_fails_for_good_keeps_the_finished_units(tmp_path, capsys):
     """A corrupt initial-weights file for one backbone: its training fails in the worker;
-    the run ends with one line naming the unit and the other backbone's units are stored."""
+    the other backbone's units are made and its rows published, the failed units (and the
+    CAMs and evaluations that need them) are listed one line each, and the run exits 1."""
     from tests.test_cli import run_main
 
     weights = tmp_path / "weights"
@@ -196,12 +197,18 @@ def test_a_unit_that_fails_for_good_keeps_the_finished_units(tmp_path, capsys):
                      "--weights", str(weights), "--workdir", str(work), "--leaderboard-dir",
                      str(tmp_path / "b"), "--devices", "cpu,cpu"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert err[-1].startswith("wsss-bench run: error: unit train resnet34 fold ")
-    assert "UnpicklingError" in err[-1]
-    assert "finished units are kept" in err[-1] and "Traceback" not in "\n".join(err)
+    assert code == 1
+    failed = [line for line in err if line.startswith("wsss-bench run: failed: ")]
+    trains = [line for line in failed if "train resnet34 fold " in line]
+    assert len(trains) == 2 and all("UnpicklingError" in line for line in trains), err
+    assert all("nothing was stored for it" in line for line in trains)
+    assert sum("skipped, it needs CAMs that failed" in line for line in failed) == 2
+    assert err[-1].startswith("wsss-bench run: error: 4 unit(s) failed or were skipped")
+    assert "Traceback" not in "\n".join(err)
     assert len(units(work, "train")) == 2  # both of resnet18's units finished and were kept
-    assert not (tmp_path / "b" / "phantom.json").exists()
+    board = json.loads((tmp_path / "b" / "phantom.json").read_text())
+    methods = {r["method"] for r in board["rows"] if r.get("source") == "measured"}
+    assert methods == {"Empty", "resnet18 / gradcam / none"}  # resnet34 gets no row
 
 
 def torch_save_resnet18(path: Path) -> None:

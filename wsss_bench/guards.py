@@ -32,6 +32,8 @@ def _distributions() -> dict[str, list[str]]:
 def distribution_of(obj: Any) -> str:
     """``"<distribution> <version>"`` of the package that defines ``obj``'s class."""
     top = type(obj).__module__.split(".")[0]
+    if top not in _distributions():  # installed since the first look
+        _distributions.cache_clear()
     for name in _distributions().get(top, []):
         try:
             return f"{name} {metadata.version(name)}"

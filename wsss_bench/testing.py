@@ -97,8 +97,6 @@ def check_case(obj: Any, case: Any) -> None:
     CAM view exactly when ``obj.cam_view`` says so."""
     c = _Check("datasets", obj)
     c.that(isinstance(case, Case), f"yielded {type(case).__name__}, not a contracts.Case")
-    problem = contracts.case_problem(case)
-    c.that(not problem, f"{problem} (the run checks every case so)")
     where = f"case {case.case_id!r}"
     images, masks = case.images, case.masks
     c.that(isinstance(images, np.ndarray) and images.dtype == np.float32,
@@ -114,6 +112,8 @@ def check_case(obj: Any, case: Any) -> None:
         view = case.cam_images
         c.that(view.dtype == np.float32 and np.isfinite(view).all(),
                f"{where}: cam_images must be finite float32")
+    problem = contracts.case_problem(case)
+    c.that(not problem, f"{problem} (the run checks every case so)")
 
 
 def check_dataset(obj: Any, data_dir: Path | None = None, max_cases: int = 2,
@@ -293,8 +293,6 @@ def check_cam(obj: Any, b: int = 4, h: int = 20, w: int = 28) -> None:
         cam = c.call(f"cam(target={label})",
                      lambda t=target: obj.cam(model, model.target, x, t))
         where = f"cam(target={label})"
-        problem = contracts.cam_output_problem(cam, tuple(x.shape))
-        c.that(not problem, f"{where} {problem} (the run checks every output so)")
         c.that(isinstance(cam, torch.Tensor), f"{where} returned {type(cam).__name__}")
         c.that(tuple(cam.shape) == (b, h, w),
                f"{where} has shape {tuple(cam.shape)}, expected {(b, h, w)} ([B,H,W])")
@@ -302,6 +300,8 @@ def check_cam(obj: Any, b: int = 4, h: int = 20, w: int = 28) -> None:
         c.that(torch.isfinite(cam).all(), f"{where} holds NaN or Inf")
         c.that(cam.min() >= 0 and cam.max() <= 1,
                f"{where} is outside [0, 1] ({float(cam.min()):g} .. {float(cam.max()):g})")
+        problem = contracts.cam_output_problem(cam, tuple(x.shape))
+        c.that(not problem, f"{where} {problem} (the run checks every output so)")
         c.that(_hooks(model) == 0, f"{where} left hooks on the model")
         c.that(all(p.grad is None for p in model.parameters()),
                f"{where} left a parameter .grad")
@@ -339,12 +339,12 @@ def check_ensemble(obj: Any, b: int = 3, h: int = 6, w: int = 5) -> None:
         masks = rng.random((m, b, h, w)) < 0.4
         original = masks.copy()
         out = c.call(f"combine(bool{list(masks.shape)})", lambda x=masks: obj.combine(x))
-        problem = contracts.mask_output_problem(out, (b, h, w), "combine()")
-        c.that(not problem, f"{problem} (the run checks every output so)")
-        out = np.asarray(out)
+        raw, out = out, np.asarray(out)
         c.that(out.dtype == np.bool_, f"combine() returned dtype {out.dtype}, not bool")
         c.that(out.shape == (b, h, w), f"combine() returned shape {out.shape}, expected "
                                        f"{(b, h, w)} ([B,H,W])")
+        problem = contracts.mask_output_problem(raw, (b, h, w), "combine()")
+        c.that(not problem, f"{problem} (the run checks every output so)")
         c.that(np.array_equal(masks, original), "combine() changed its input")
         if obj.pixel_rule is not None:
             want = masks.sum(axis=0) >= pixel_rule_count(obj.pixel_rule, m)
@@ -390,12 +390,12 @@ def check_filter(obj: Any, shapes: Iterable[tuple[int, int, int, int]] = ((3, 1,
                                           "one")
         region = c.call(f"region(float32{[b, ch, h, w]})",
                         lambda f=fitted, x=images: f.region(x))
-        problem = contracts.mask_output_problem(region, (b, h, w), "region()")
-        c.that(not problem, f"{problem} (the run checks every output so)")
-        region = np.asarray(region)
+        raw, region = region, np.asarray(region)
         c.that(region.dtype == np.bool_, f"region() returned dtype {region.dtype}, not bool")
         c.that(region.shape == (b, h, w), f"region() returned shape {region.shape}, expected "
                                           f"{(b, h, w)} ([B,H,W])")
+        problem = contracts.mask_output_problem(raw, (b, h, w), "region()")
+        c.that(not problem, f"{problem} (the run checks every output so)")
         c.that(np.array_equal(images, original), "region() changed its input")
 
 

@@ -15,6 +15,7 @@ memory a pass needs does not grow with the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -233,16 +234,23 @@ def prepare(dataset: Any, data_dir: Path, cache_root: Path, workers: int,
         reporter.summary(f"[bold]prepare[/] {dataset.name}: slice cache reused ({folder})")
         return data
     cache_root = Path(cache_root)
+    made_root = not cache_root.exists()
     cache_root.mkdir(parents=True, exist_ok=True)
     _remove_stale(cache_root)
     tmp = cache_root / f".tmp-{dataset.name}-{key}-{os.getpid()}"
     # each case is written as soon as it is decoded (bounded memory: the cache's arrays are
     # never all in memory); a failure anywhere leaves no cache behind
-    with (atomic.folder(folder, tmp, complete=lambda f: (f / "meta.json").is_file(),
-                        replace=force, old=cache_root / f".tmp-old-{key}-{os.getpid()}"),
-          reporter.task(f"prepare {dataset.name}", total=len(sources)) as advance):
-        n = _write(tmp, _decode_all(dataset, sources, image_size, workers, advance),
+    try:
+        with (atomic.folder(folder, tmp, complete=lambda f: (f / "meta.json").is_file(),
+                            replace=force, old=cache_root / f".tmp-old-{key}-{os.getpid()}"),
+              reporter.task(f"prepare {dataset.name}", total=len(sources)) as advance):
+            n = _write(tmp, _decode_all(dataset, sources, image_size, workers, advance),
                        description, dataset)
+    except BaseException:
+        if made_root:  # not even an empty cache folder stays behind
+            with contextlib.suppress(OSError):
+                cache_root.rmdir()
+        raise
     reporter.summary(f"[bold]prepare[/] {dataset.name}: {len(sources)} cases, {n} slices decoded "
                      f"with {workers} worker(s) in {time.perf_counter() - t0:.1f} s, cached in "
                      f"{folder}")

@@ -100,12 +100,18 @@ PLUGIN_DISTS = ROOT / "tests" / "plugin_dists"
 
 
 def _install(name: str, target: Path) -> Path:
-    """pip-install the test distribution ``tests/plugin_dists/<name>`` into ``target``."""
+    """pip-install the test distribution ``tests/plugin_dists/<name>`` into ``target``, built
+    from a private copy (pytest-xdist workers may install the same one at once; setuptools
+    builds in the source folder)."""
+    import shutil
     import subprocess
     import sys
 
+    source = target / ".source"
+    shutil.copytree(PLUGIN_DISTS / name, source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-           "--no-build-isolation", "--target", str(target), str(PLUGIN_DISTS / name)]
+           "--no-build-isolation", "--target", str(target), str(source)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.fail(f"could not install test plugin {name}: {done.stderr[-2000:]}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -85,12 +86,21 @@ def copy_of(good_run, tmp_path):
     return tmp_path
 
 
+def _next_second(date: str) -> None:
+    """Wait until the clock has left the second of ``date`` (rows record dates in seconds)."""
+    from datetime import datetime, timezone
+
+    while datetime.now(timezone.utc).isoformat(timespec="seconds") <= date:
+        time.sleep(0.05)
+
+
 def _expect_failure(root: Path, capsys, monkeypatch, fault: str, run: list[str], who: str,
                     problem: str, remade: set[str], code: int = 1) -> str:
     """A run with ``fault`` fails the units of ``who`` only: the exit status, a line naming the
     plugin, its distribution and the problem, no traceback, no bad unit stored; the rows in
     ``remade`` are new, every other row is exactly as before. Returns stderr."""
     before = _rows(_board(root))
+    _next_second(max(r["run"]["date"] for r in before.values()))  # dates tell runs apart
     capsys.readouterr()
     monkeypatch.setenv("WSSS_FAULT", fault)
     status = _run(root, *TINY, *run)

@@ -23,11 +23,13 @@ ARGS = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds", "2", "
 
 
 def start(workdir: Path, boards: Path) -> subprocess.Popen:
+    """The run as a user starts it: Ctrl-C (SIGINT) at its default, even when this process
+    ignores it (a pytest-xdist worker does, and a child would inherit that)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "wsss_bench.cli", "run", *ARGS, "--workdir", str(workdir),
          "--leaderboard-dir", str(boards)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        text=True, env=env)
+        text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_until(workdir: Path, boards: Path, line_start: str, sig: int) -> tuple[int, list[str]]:

@@ -43,6 +43,13 @@ def _ints(text: str) -> tuple[int, ...]:
                                          ) from None
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -163,6 +170,9 @@ def build_parser() -> ArgumentParser:
                    help="write <NAME>.json/.md instead of <dataset>.json/.md")
     r.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="set a plugin option, e.g. phantom.n_cases=12 (repeatable)")
+    r.add_argument("--bootstrap", type=_count, metavar="N",
+                   help=f"resamples of the leaderboard's intervals, tests and rank intervals "
+                        f"(default {d.bootstrap}; 0: none)")
     r.add_argument("-q", "--quiet", action="store_true", default=False,
                    help="no progress bars or summaries")
 
@@ -191,6 +201,25 @@ def build_parser() -> ArgumentParser:
                     help=f"where the leaderboards are (default {d.leaderboard_dir})")
     lb.add_argument("--format", choices=["table", "md", "json", "csv"], default="table",
                     help="table (rich, default), md, json or csv")
+    lb.add_argument("--bootstrap", type=_count, metavar="N",
+                    help="recompute the statistics with N resamples for this view (0: none; "
+                         "default: as stored)")
+
+    cp = sub.add_parser("compare", help="paired comparison of two leaderboard rows",
+                        description="Compare two stored rows of a leaderboard on every metric: "
+                                    "the difference A - B with its bootstrap interval and "
+                                    "p-value (cases resampled within folds, both rows on the "
+                                    "same resamples), and how many cases each row wins.")
+    cp.add_argument("--dataset", required=True,
+                    help="dataset name (or the --leaderboard-name the run used)")
+    cp.add_argument("method_a", metavar="METHOD_A", help="a row's method, as the board shows it")
+    cp.add_argument("method_b", metavar="METHOD_B", help="another row's method")
+    cp.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
+                    help=f"where the leaderboards are (default {d.leaderboard_dir})")
+    cp.add_argument("--bootstrap", type=_positive_int, default=d.bootstrap, metavar="N",
+                    help=f"resamples (default {d.bootstrap})")
+    cp.add_argument("--format", choices=["table", "json"], default="table",
+                    help="table (default) or json")
     return parser
 
 
@@ -386,10 +415,12 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
-    from wsss_bench.core import leaderboard
+    from wsss_bench.core import leaderboard, statistics
 
     json_path, _ = leaderboard.paths(Path(args.leaderboard_dir), args.dataset)
     board = leaderboard.load(json_path)
+    if args.bootstrap is not None:
+        statistics.annotate(board, statistics.Bootstrap(resamples=args.bootstrap))
     if args.format == "json":
         print(json.dumps(board, indent=2))
     elif args.format == "csv":
@@ -398,6 +429,41 @@ def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
         print(leaderboard.render_markdown(board), end="")
     else:
         out.print(leaderboard.rich_table(board))
+
+
+def cmd_compare(args: argparse.Namespace, out: Console) -> None:
+    from wsss_bench.core import leaderboard, statistics
+
+    json_path, _ = leaderboard.paths(Path(args.leaderboard_dir), args.dataset)
+    board = leaderboard.load(json_path)
+    a, b = (leaderboard.find_row(board, name, json_path) for name in (args.method_a,
+                                                                       args.method_b))
+    for name, row in ((args.method_a, a), (args.method_b, b)):
+        if statistics.design(row) is None:
+            raise UsageError(f"{json_path}: row {name!r} has no per-case results (a reported "
+                             f"row, or made before rows kept them): run its method again")
+    if statistics.group_key(a) != statistics.group_key(b):
+        raise UsageError(f"{json_path}: rows {args.method_a!r} and {args.method_b!r} were "
+                         f"scored on different cases or data; only rows of one split and "
+                         f"dataset configuration can be paired")
+    settings = statistics.Bootstrap(resamples=args.bootstrap)
+    result = statistics.compare(a, b, settings)
+    if args.format == "json":
+        print(json.dumps({"a": args.method_a, "b": args.method_b,
+                          "bootstrap": settings.header(), "metrics": result}, indent=2))
+        return
+    table = Table(title=f"{args.method_a} (A) vs {args.method_b} (B): paired case bootstrap, "
+                        f"{settings.resamples} resamples, {settings.level * 100:g} % interval")
+    for col in ("metric", "A", "B", "A - B", "95% CI", "p", "A wins", "B wins", "ties"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for r in result:
+        table.add_row(r["metric"], f"{r['a']:.4f}", f"{r['b']:.4f}", f"{r['diff']:+.4f}",
+                      f"{r['ci'][0]:+.4f} – {r['ci'][1]:+.4f}",
+                      leaderboard.p_text(r["p"], {"statistics": settings.header()}),
+                      str(r["wins_a"]), str(r["wins_b"]), str(r["ties"]))
+    out.print(table)
+    out.print("cases won: the row's metric of each validation case alone (mean over seeds); "
+              "p: two-sided bootstrap p-value of A - B = 0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -421,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmd_download(args)
             elif args.command == "clean":
                 cmd_clean(args)
+            elif args.command == "compare":
+                cmd_compare(args, out)
             else:
                 cmd_leaderboard(args, out)
     except UsageError as exc:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from wsss_bench.core import atomic, deviations, reported
+from wsss_bench.core import atomic, deviations, reported, statistics
 from wsss_bench.core.metrics import METRIC_NAMES
 from wsss_bench.errors import UsageError
 
@@ -136,6 +137,18 @@ def _renamed(row: dict[str, Any]) -> str:
     return f"{core} / {tagged(cam, options)} / {tagged(filt, options)}"
 
 
+def find_row(board: dict[str, Any], name: str, where: Path | str) -> dict[str, Any]:
+    """The row ``name`` names: its method as a table shows it (:func:`shown_name`), its
+    method, or its :func:`row_key`; a UsageError naming the board when none or several."""
+    for pick in (lambda r: shown_name(r, board), lambda r: r["method"], row_key):
+        found = [r for r in board["rows"] if pick(r) == name]
+        if len(found) == 1:
+            return found[0]
+    shown = [shown_name(r, board) for r in sort_rows(board["rows"]) if not is_reported(r)]
+    raise UsageError(f"{where}: no single row named {name!r}; its rows: "
+                     + "; ".join(repr(s) for s in shown))
+
+
 def sort_rows(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["metrics"][SORT_METRIC]["mean"], row_key(r)))
 
@@ -147,9 +160,12 @@ def merge(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
 
 
 def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
-           header: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+           header: dict[str, Any], name: str | None = None,
+           bootstrap: statistics.Bootstrap | None = None) -> dict[str, Any]:
     """Merge ``new_rows`` (and the paper's reported rows for the dataset) into the stored
-    leaderboard ``<name or dataset>.json`` under a lock, and rewrite JSON and markdown.
+    leaderboard ``<name or dataset>.json`` under a lock, compute every row's statistics over
+    the merged board (``bootstrap``, default :class:`statistics.Bootstrap`), and rewrite JSON
+    and markdown.
 
     A header field that is absent or None keeps the stored value (``command``, ``deviations``,
     ...); a new ``split`` replaces seed and file together; ``preset_overrides`` and
@@ -168,9 +184,31 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
             kept.pop("preset_overrides", None)
             kept.pop("deviations", None)
         board = {"dataset": dataset, "name": name, **kept, **fresh, "rows": rows}
-        atomic.write_text(json_path, json.dumps(board, indent=2) + "\n")
+        statistics.annotate(board, bootstrap or statistics.Bootstrap())
+        board["rows"] = board.pop("rows")  # rows last, after the header
+        atomic.write_text(json_path, dumps(board))
         atomic.write_text(md_path, render_markdown(board))
     return board
+
+
+def dumps(board: dict[str, Any]) -> str:
+    """The board as indented JSON, each per-case table on one line (they are long)."""
+    tables: list[str] = []
+
+    def compact(row: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(row.get("per_case"), list):
+            return row
+        marks = []
+        for table in row["per_case"]:
+            marks.append(f"\0per_case{len(tables)}\0")
+            tables.append(json.dumps(table))
+        return {**row, "per_case": marks}
+
+    text = json.dumps({**board, "rows": [compact(r) for r in board["rows"]]}, indent=2)
+    return _MARK.sub(lambda m: tables[int(m.group(1))], text) + "\n"
+
+
+_MARK = re.compile(r'"\\u0000per_case(\d+)\\u0000"')
 
 
 def fmt(stat: dict[str, Any] | None) -> str:
@@ -194,7 +232,33 @@ def _cells(row: dict, board: dict[str, Any], markdown: bool = False) -> list[str
         source = f"reported, {row.get('reference', 'paper').rsplit(', ', 1)[-1]}"
     if row.get("note") and markdown:  # e.g. a reported DSC that does not follow from its mIoU
         source = f"{source}; note: {row['note']}"
-    return [method, *(fmt(row["metrics"].get(m)) for m in METRIC_NAMES), source]
+    return [method, *(fmt(row["metrics"].get(m)) for m in METRIC_NAMES),
+            *stat_cells(row, board), source]
+
+
+def p_text(p: float, board: dict[str, Any]) -> str:
+    """A p-value as shown: ``<0.001`` when no resample of ``board``'s bootstrap reached 0."""
+    if p == 0:
+        resamples = (board.get("statistics") or {}).get("resamples") or 0
+        return f"<{1 / resamples:.2g}" if resamples else "0"
+    return f"{p:.3f}"
+
+
+def stat_cells(row: dict[str, Any], board: dict[str, Any]) -> list[str]:
+    """The row's statistics as the tables show them (:data:`STAT_COLUMNS`); "—" without."""
+    st = row.get("stats")
+    if not st:
+        return ["—"] * len(STAT_COLUMNS)
+    lo, hi = st["ci"][SORT_METRIC]
+    rank = st["rank"]
+    best = st["vs_best"]
+    top = ("best" if best["best"] else
+           f"{'yes' if best['top_group'] else 'no'} (p {p_text(best['p_holm'], board)})")
+    empty = st.get("vs_empty")
+    beats = ("—" if empty is None else f"{'yes' if empty['beats'] else 'no'} "
+             f"({empty['diff']:+.4f}, p {p_text(empty['p_holm'], board)})")
+    return [f"{lo:.4f}–{hi:.4f}",
+            f"{rank['median']:g} [{rank['interval'][0]}–{rank['interval'][1]}]", top, beats]
 
 
 def render_csv(board: dict[str, Any]) -> str:
@@ -202,18 +266,37 @@ def render_csv(board: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["rank", "method", "source",
-                     *(f"{m}_{s}" for m in METRIC_NAMES for s in ("mean", "std")),
-                     "backbones", "cam", "ensemble", "filter", "seeds", "folds"])
+                     *(f"{m}_{s}" for m in METRIC_NAMES
+                       for s in ("mean", "std", "ci_low", "ci_high")),
+                     *CSV_STATS, "backbones", "cam", "ensemble", "filter", "seeds", "folds"])
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
-        stats = [row["metrics"].get(m) or {} for m in METRIC_NAMES]
-        values = [v for st in stats for v in (st.get("mean"), st.get("std"))]
+        values = []
+        for m in METRIC_NAMES:
+            st = row["metrics"].get(m) or {}
+            values += [st.get("mean"), st.get("std"),
+                       *(((row.get("stats") or {}).get("ci") or {}).get(m) or [None, None])]
         writer.writerow([rank, shown_name(row, board), row.get("source", "measured"),
                          *("" if v is None else repr(v) for v in values),
+                         *("" if v is None else repr(v) for v in _csv_stats(row)),
                          "+".join(row.get("backbones") or []), row.get("cam") or "",
                          row.get("ensemble") or "", row.get("filter") or "",
                          "+".join(map(str, row.get("seeds") or [])),
                          len((row["metrics"].get("paper_dsc") or {}).get("folds") or [])])
     return out.getvalue()
+
+
+CSV_STATS = ["rank_median", "rank_low", "rank_high", "vs_best_diff", "vs_best_p_holm",
+             "top_group", "vs_empty_diff", "vs_empty_p_holm", "beats_empty"]
+
+
+def _csv_stats(row: dict[str, Any]) -> list[Any]:
+    """The values of :data:`CSV_STATS` (None where the row has no statistics)."""
+    st = row.get("stats")
+    if not st:
+        return [None] * len(CSV_STATS)
+    best, empty = st["vs_best"], st.get("vs_empty") or {}
+    return [st["rank"]["median"], *st["rank"]["interval"], best["diff"], best["p_holm"],
+            best["top_group"], empty.get("diff"), empty.get("p_holm"), empty.get("beats")]
 
 
 def _preprocessing(board: dict[str, Any]) -> str | None:
@@ -230,7 +313,28 @@ def _preprocessing(board: dict[str, Any]) -> str | None:
     return ", ".join(parts) if parts else None
 
 
-COLUMNS = ["method", *METRIC_NAMES, "source"]
+STAT_COLUMNS = [f"{SORT_METRIC} 95% CI", "rank [95% CI]", "top group", "beats Empty"]
+COLUMNS = ["method", *METRIC_NAMES, *STAT_COLUMNS, "source"]
+
+
+def statistics_notes(board: dict[str, Any]) -> list[str]:
+    """The header lines that say how the statistics columns were made."""
+    st = board.get("statistics")
+    if not st:
+        return ["- No statistics: made with `--bootstrap 0` or before rows kept per-case "
+                "results (\"—\")."]
+    level = f"{st['level'] * 100:g} %"
+    return [f"- Uncertainty ({st['method']}, {st['resamples']} resamples, seed {st['seed']}): "
+            f"the validation cases of each fold are resampled with replacement (cases, not "
+            f"slices: a case's slices are not independent), every metric recomputed exactly "
+            f"from per-case counts, folds and seeds averaged; every row sees the same "
+            f"resamples. `{st['metric']} {level[:-2]}% CI`: percentile interval. `rank`: median "
+            f"rank [{level} interval] over the resamples. `top group`: not significantly "
+            f"worse than the best row (`yes`; two-sided bootstrap p-value, Holm-adjusted "
+            f"across rows, ≥ {1 - st['level']:.2g}). `beats Empty`: `yes` when significantly "
+            f"better than `Empty` (difference, Holm-adjusted p < {1 - st['level']:.2g}). Rows "
+            f"are compared only with rows scored on the same cases and data; \"—\": no "
+            f"per-case results (reported rows, older runs)."]
 
 
 def render_markdown(board: dict[str, Any]) -> str:
@@ -257,6 +361,7 @@ def render_markdown(board: dict[str, Any]) -> str:
         lines.append("- *Italic* rows (`paper: …`, source `reported`) are the numbers the paper "
                      "reports on the full dataset, copied, not measured here: only `paper_dsc` "
                      "and `paper_miou` (its DSC and mIoU columns), no std.")
+    lines += statistics_notes(board)
     if board.get("deviations"):
         lines.append("- Where this run differs from the paper and the authors' code: "
                      "\"Deviations from the paper\", below the table.")
@@ -291,7 +396,10 @@ def render_markdown(board: dict[str, Any]) -> str:
 
 def rich_table(board: dict[str, Any]) -> Table:
     name = board.get("name") or board["dataset"]
-    table = Table(title=f"wsss-bench leaderboard: {name} (mean ± std over folds)")
+    st = board.get("statistics")
+    how = (f"; {st['level'] * 100:g} % intervals, ranks and tests: paired case bootstrap, "
+           f"{st['resamples']} resamples" if st else "")
+    table = Table(title=f"wsss-bench leaderboard: {name} (mean ± std over folds{how})")
     table.add_column("#", justify="right")
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in METRIC_NAMES else "left",

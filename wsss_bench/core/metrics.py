@@ -151,14 +151,84 @@ def metrics_from_counts(counts: Any, case_ids: Any = None) -> dict[str, float]:
     """All five metrics (``METRIC_NAMES``) from per-slice counts ``int64[N,4]``.
 
     ``case_ids`` (length N, or None = one case) groups slices into cases for ``dice_volume``.
+    Computed through the per-case table (:func:`case_table`), so that the metrics of a fold
+    equal, bit for bit, those recomputed from its stored per-case results.
     """
-    c = to_numpy(counts)
-    if c.ndim != 2 or c.shape[1] != 4:
-        raise ValueError(f"counts must be [N,4], got shape {c.shape}")
-    idx = case_indices(case_ids, c.shape[0])
-    return {name: float(metric_values(c[None], name, idx)[0]) for name in METRIC_NAMES}
+    return metrics_of_cases(case_table(counts, case_ids))
 
 
 def score(pred: Any, gt: Any, case_ids: Any = None) -> dict[str, float]:
     """All five metrics of bool[N,H,W] ``pred`` against ``gt`` (slices grouped by ``case_ids``)."""
     return metrics_from_counts(slice_counts(pred, gt), case_ids)
+
+
+# ---- per-case results: every metric of any multiset of cases, exactly ----------------------
+
+CASE_FIELDS = ("ids", "counts", "slices", "dice_slice_sum")
+
+
+def case_table(counts: Any, case_ids: Any = None) -> dict[str, list]:
+    """Per-case results of per-slice counts ``int64[N,4]`` (slices grouped by ``case_ids``;
+    None = one case ``""``), in sorted case order: ``ids``; ``counts`` (the case's summed
+    (tp, fp, fn, tn), int64); ``slices`` (its number of slices); ``dice_slice_sum`` (the sum
+    of its slices' foreground Dice, float64). :func:`metrics_of_cases` computes all five
+    metrics of any multiset of cases from them; of all the cases, they are the fold's metrics.
+    Plain lists, ready for JSON (floats round-trip exactly)."""
+    c = to_numpy(counts).astype(np.int64, copy=False)
+    if c.ndim != 2 or c.shape[1] != 4:
+        raise ValueError(f"counts must be [N,4], got shape {c.shape}")
+    n = c.shape[0]
+    if case_ids is None:
+        ids, inv = np.array([""]), np.zeros(n, dtype=np.int64)
+    else:
+        raw = to_numpy(case_ids)
+        if raw.shape != (n,):
+            raise ValueError(f"case_ids must have shape ({n},), got {raw.shape}")
+        ids, inv = np.unique(raw, return_inverse=True)  # the order metric_values uses
+        inv = inv.reshape(n)
+    k = len(ids)
+    summed = np.zeros((k, 4), dtype=np.int64)
+    np.add.at(summed, inv, c)
+    dice = foreground_dice(c)
+    dice_sum = np.array([dice[inv == i].sum() for i in range(k)], dtype=np.float64)
+    return {"ids": [str(i) for i in ids], "counts": summed.tolist(),
+            "slices": np.bincount(inv, minlength=k).astype(np.int64).tolist(),
+            "dice_slice_sum": [float(v) for v in dice_sum]}
+
+
+def case_problem(table: Any) -> str | None:
+    """What is wrong with a per-case table (a phrase), or None when it is well formed."""
+    if not isinstance(table, dict) or any(f not in table for f in CASE_FIELDS):
+        return f"a per-case table needs the fields {', '.join(CASE_FIELDS)}"
+    lengths = {len(table[f]) for f in CASE_FIELDS}
+    if len(lengths) != 1 or not table["ids"]:
+        return "its fields have different lengths or no cases"
+    counts = np.asarray(table["counts"])
+    if counts.shape != (len(table["ids"]), 4) or not np.issubdtype(counts.dtype, np.integer):
+        return "its counts are not int[cases,4]"
+    if (counts < 0).any() or (np.asarray(table["slices"]) < 1).any():
+        return "it has negative counts or a case without slices"
+    return None
+
+
+def metrics_of_cases(table: dict[str, list], weights: Any = None) -> dict[str, float]:
+    """All five metrics (``METRIC_NAMES``) of a multiset of the cases of ``table``
+    (:func:`case_table`): ``weights[c]`` copies of case ``c`` (None = each case once, which
+    gives the metrics of the slices the table was made from)."""
+    counts = np.asarray(table["counts"], dtype=np.int64)
+    slices = np.asarray(table["slices"], dtype=np.int64)
+    dice_sum = np.asarray(table["dice_slice_sum"], dtype=np.float64)
+    if weights is None:
+        pooled, n, total = counts.sum(axis=0), slices.sum(), dice_sum.sum()
+        volume, cases = foreground_dice(counts).sum(), len(slices)
+    else:
+        w = np.asarray(weights, dtype=np.int64)
+        pooled, n = (w[:, None] * counts).sum(axis=0), (w * slices).sum()
+        total, volume = (w * dice_sum).sum(), (w * foreground_dice(counts)).sum()
+        cases = int(w.sum())
+    tp, fp, fn, tn = (int(v) for v in pooled)
+    miou = float((_iou(np.asarray(tn), np.asarray(tn + fp + fn))
+                  + _iou(np.asarray(tp), np.asarray(tp + fp + fn))) / 2.0)
+    return {"paper_miou": miou, "paper_dsc": 2.0 * miou / (1.0 + miou),
+            "dice_pooled": float(foreground_dice(np.asarray([tp, fp, fn]))),
+            "dice_slice": float(total / n), "dice_volume": float(volume / cases)}

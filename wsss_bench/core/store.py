@@ -103,8 +103,13 @@ def _problem(folder: Path, key: str) -> str | None:
 class Store:
     """Units under ``<workdir>/units``; ``force`` names stages to recompute in this run."""
 
-    def __init__(self, workdir: Path, force: Iterable[str] = ()) -> None:
+    def __init__(self, workdir: Path, force: Iterable[str] = (),
+                 checks: dict[str, Callable[[dict[str, Any]], str | None]] | None = None
+                 ) -> None:
         self.workdir = Path(workdir)
+        # per stage: why a whole unit's metadata is still not usable (made before its stage
+        # stored what this version needs), or None; such a unit is remade
+        self.checks = dict(checks or {})
         self.root = self.workdir / "units"
         self.force = set(force)
         self.used: set[str] = set()  # "<stage>/<key>" of every unit this run touched
@@ -135,11 +140,16 @@ class Store:
         signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         cached = self._verified.get(name)
         if cached is None or cached[0] != signature:
-            cached = self._verified[name] = (signature, problem(folder, key))
+            cached = self._verified[name] = (signature, problem(folder, key)
+                                             or self._outdated(stage, key))
         if cached[1] is not None:
             self.rejected[name] = cached[1]
             return False
         return not (stage in self.force and name not in self.redone)
+
+    def _outdated(self, stage: str, key: str) -> str | None:
+        check = self.checks.get(stage)
+        return None if check is None else check(self.info(stage, key))
 
     def info(self, stage: str, key: str) -> dict[str, Any]:
         return json.loads((self.path(stage, key) / UNIT_FILE).read_text())

@@ -12,14 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from wsss_bench.core import calibration
-from wsss_bench.core.metrics import score
+from wsss_bench.core import calibration, metrics
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import EvalUnit
 
 
 def evaluate(unit: EvalUnit, ctx: Context) -> list[dict[str, Any]]:
-    """``{"thresholds", "metrics"}`` on each of ``unit.folds`` (the stage function)."""
+    """``{"thresholds", "metrics", "cases"}`` on each of ``unit.folds`` (the stage function):
+    ``cases`` is the per-case table of the validation slices (:func:`metrics.case_table`),
+    from which ``metrics`` and every statistic of the leaderboard are computed."""
     grid = np.asarray(ctx.plan.grid)
     if len(unit.folds) == 1:
         stack, region, (train, _) = _inputs(unit, ctx, 0)
@@ -34,11 +35,19 @@ def evaluate(unit: EvalUnit, ctx: Context) -> list[dict[str, Any]]:
             for i in range(len(unit.folds))]  # pass 2: the chosen tuple on every fold
 
 
-def empty(ctx: Context, fold: int) -> dict[str, float]:
-    """The metrics of predicting no lesion anywhere on ``fold``'s validation slices."""
+def empty(ctx: Context, fold: int) -> dict[str, Any]:
+    """``{"metrics", "cases"}`` of predicting no lesion anywhere on ``fold``'s validation
+    slices."""
     _, val = ctx.split(fold)
     gt = ctx.data.masks[val]
-    return score(np.zeros_like(gt), gt, ctx.data.case_ids[val])
+    return scored(np.zeros_like(gt), gt, ctx.data.case_ids[val])
+
+
+def scored(pred: np.ndarray, gt: np.ndarray, case_ids: np.ndarray) -> dict[str, Any]:
+    """``{"metrics", "cases"}``: the per-case table of ``pred`` against ``gt`` and the five
+    metrics computed from it."""
+    table = metrics.case_table(metrics.slice_counts(pred, gt), case_ids)
+    return {"metrics": metrics.metrics_of_cases(table), "cases": table}
 
 
 def _inputs(unit: EvalUnit, ctx: Context, i: int):
@@ -70,4 +79,4 @@ def _apply(unit: EvalUnit, ctx: Context, stack: list[np.ndarray], region: np.nda
     data = ctx.data
     pred = calibration.binarize(stack, thresholds, _ensemble(unit, ctx), region, slices=val)
     return {"thresholds": [float(t) for t in thresholds],
-            "metrics": score(pred, data.masks[val], data.case_ids[val])}
+            **scored(pred, data.masks[val], data.case_ids[val])}

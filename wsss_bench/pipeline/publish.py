@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wsss_bench.core import leaderboard
+from wsss_bench.core import leaderboard, statistics
 from wsss_bench.core.leaderboard import tagged
 from wsss_bench.core.metrics import METRIC_NAMES
 from wsss_bench.core.progress import Reporter
@@ -35,6 +35,7 @@ class MethodResult:
     symbol: str | None = None  # how the ensemble is shown, e.g. the paper's '<' for smaller
     thresholds: list[list[float] | None] = field(default_factory=list)
     folds: list[dict[str, float]] = field(default_factory=list)
+    cases: list[dict[str, Any]] = field(default_factory=list)  # per fold: seed, fold, table
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # non-default, by plugin
     dataset: str = ""  # the dataset's name, shown with its options when it has some
 
@@ -96,13 +97,13 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
             empty = _result(plan, ctx, None)
             empty = results.setdefault(empty.key, empty)
             empty.thresholds.append(None)
-            empty.folds.append(evaluate.empty(ctx, fold))
+            _add(empty, seed, fold, evaluate.empty(ctx, fold))
             done = sorted(by_fold.get((seed, fold), []), key=lambda p: order[p[0].method])
             for unit, result in done:
                 res = _result(plan, ctx, unit)
                 res = results.setdefault(res.key, res)
                 res.thresholds.append(result["thresholds"])
-                res.folds.append(result["metrics"])
+                _add(res, seed, fold, result)
             if not done:
                 continue
             best = max(done, key=lambda p: p[1]["metrics"]["paper_dsc"])
@@ -125,6 +126,12 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
     return [_row(plan, r, info) for r in results.values()]
 
 
+def _add(res: MethodResult, seed: int, fold: int, result: dict[str, Any]) -> None:
+    """One fold's metrics and per-case table (:func:`evaluate.scored`) added to a row."""
+    res.folds.append(result["metrics"])
+    res.cases.append({"seed": seed, "fold": fold, **result["cases"]})
+
+
 def results_key(unit: EvalUnit, ctx: Context) -> str:
     """The row key of ``unit``'s method."""
     return _result(ctx.plan, ctx, unit).method
@@ -140,7 +147,8 @@ def _row(plan: Plan, res: MethodResult, info: dict[str, Any]) -> dict[str, Any]:
             "cam": res.cam, "ensemble": res.ensemble, "filter": res.filter,
             "options": {k: v for k, v in res.options.items() if k != res.dataset},
             "dataset_options": res.dataset_options,
-            "thresholds": res.thresholds, "metrics": metrics, "source": "measured", "run": info}
+            "thresholds": res.thresholds, "metrics": metrics, "per_case": res.cases,
+            "source": "measured", "run": info}
 
 
 def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
@@ -162,7 +170,8 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
                                 for d in deviations.for_run(config.dataset)]
         header["preset_overrides"] = presets.overrides(config, registry)
     board = leaderboard.update(Path(config.leaderboard_dir), config.dataset, found_rows, header,
-                               name=config.leaderboard_name)
+                               name=config.leaderboard_name,
+                               bootstrap=statistics.Bootstrap(resamples=config.bootstrap))
     if outcome.failures:  # published what is whole; the caller reports the rest
         raise RunIncomplete(outcome.failures, board)
     return board

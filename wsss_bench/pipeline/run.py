@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wsss_bench.core import metrics
 from wsss_bench.core.progress import Reporter
 from wsss_bench.core.store import Store, digest
 from wsss_bench.errors import RunIncomplete, UsageError
@@ -70,7 +71,7 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
     data = prepare(plan, ctx.plugin("datasets", config.dataset), reporter)
     folds = split(config, data)
     plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
-    store = Store(config.workdir, plan.force)
+    store = Store(config.workdir, plan.force, checks={"evaluate": evaluation_outdated})
     cleanup.callback(store.release_all)
     store.start_manifest(f"{config.dataset}-{digest([data.origin, plan.settings])}", {
         "dataset": config.dataset, "config": plan.settings,
@@ -222,6 +223,19 @@ def reused_evaluations(plan: Plan, store: Store, reporter: Reporter | None = Non
             found[unit.keys[0][0]] = (unit, [store.info("evaluate", key)["result"]
                                              for key, _ in unit.keys])
     return found
+
+
+def evaluation_outdated(meta: dict[str, Any]) -> str | None:
+    """Why a stored evaluate unit cannot be reused although whole: made before evaluate units
+    kept per-case results (the leaderboard's statistics need them)."""
+    result = meta.get("result")
+    cases = result.get("cases") if isinstance(result, dict) else None
+    problem = metrics.case_problem(cases)
+    if problem is not None:
+        return f"it has no usable per-case results ({problem})"
+    if metrics.metrics_of_cases(cases) != result.get("metrics"):
+        return "its metrics do not follow from its per-case results"
+    return None
 
 
 def commit_evaluate(store: Store, unit: EvalUnit, results: list[dict[str, Any]]

@@ -67,6 +67,7 @@ class RunConfig:
     devices: tuple[str, ...] = ()  # the processes executor's devices (tests: cpu,cpu)
     leaderboard_name: str | None = None  # <name>.json/.md instead of <dataset>.json/.md
     preset: str | None = None  # recorded only: the preset's values are already applied
+    bootstrap: int = 1000  # resamples of the leaderboard's statistics; 0 = none
     options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -91,6 +92,8 @@ class RunConfig:
                                                                    self.leaderboard_name):
             raise UsageError(f"--leaderboard-name {self.leaderboard_name!r}: use letters, "
                              f"digits, '.', '_' and '-' only")
+        if self.bootstrap < 0:
+            raise UsageError(f"--bootstrap {self.bootstrap}: must be 0 (no statistics) or more")
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"--workers {self.workers}: must be at least 1")
         if self.folds < 2:
@@ -120,9 +123,10 @@ class RunConfig:
             raise UsageError(f"--threshold-step {self.threshold_step}: {exc}") from None
 
 
-# where and how fast a run goes, or where it writes: not its numbers
+# where and how fast a run goes, or where it writes: not its numbers (the bootstrap's
+# resamples make the leaderboard's statistics, recorded in its header, not any row's numbers)
 EXECUTION_FIELDS = ("device", "gpus", "devices", "executor", "workers", "workdir",
-                    "leaderboard_dir", "leaderboard_name", "force")
+                    "leaderboard_dir", "leaderboard_name", "force", "bootstrap")
 
 
 def settings_of(config: RunConfig, executor_options: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -60,6 +60,25 @@ def test_committed_leaderboards_are_real_runs_with_their_command(name):
     assert f"- Reproduce: `{board['command']}`" in leaderboard.render_markdown(board)
 
 
+@pytest.mark.parametrize("name", ["phantom", "brats-sample"])
+def test_committed_leaderboards_carry_reproducible_statistics(name):
+    """Every measured row of a committed board has its per-case results and statistics, and
+    recomputing them from the per-case results with the recorded settings gives the same."""
+    import copy
+    import json
+
+    from wsss_bench.core import statistics
+
+    board = json.loads((ROOT / "leaderboards" / f"{name}.json").read_text())
+    measured = [r for r in board["rows"] if r["source"] == "measured"]
+    assert all(r.get("per_case") and r.get("stats") for r in measured)
+    st = board["statistics"]
+    assert st["resamples"] >= 1000 and st["level"] == 0.95
+    again = statistics.annotate(copy.deepcopy(board), statistics.Bootstrap(
+        resamples=st["resamples"], seed=st["seed"], level=st["level"], metric=st["metric"]))
+    assert [r.get("stats") for r in again["rows"]] == [r.get("stats") for r in board["rows"]]
+
+
 def test_plugin_options_are_documented_and_every_builtin_option_has_help():
     """The README names every flag of `wsss-bench plugins`; CONTRIBUTING shows how an option
     declares its help and where it is listed; every built-in option states its help."""

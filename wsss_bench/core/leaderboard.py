@@ -328,7 +328,7 @@ def statistics_notes(board: dict[str, Any]) -> list[str]:
             f"the validation cases of each fold are resampled with replacement (cases, not "
             f"slices: a case's slices are not independent), every metric recomputed exactly "
             f"from per-case counts, folds and seeds averaged; every row sees the same "
-            f"resamples. `{st['metric']} {level[:-2]}% CI`: percentile interval. `rank`: median "
+            f"resamples. `{STAT_COLUMNS[0]}`: percentile interval. `rank`: median "
             f"rank [{level} interval] over the resamples. `top group`: not significantly "
             f"worse than the best row (`yes`; two-sided bootstrap p-value, Holm-adjusted "
             f"across rows, ≥ {1 - st['level']:.2g}). `beats Empty`: `yes` when significantly "

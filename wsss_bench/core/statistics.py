@@ -31,7 +31,7 @@ import numpy as np
 from wsss_bench.core import metrics
 from wsss_bench.core.metrics import METRIC_NAMES
 
-EMPTY = "Empty"
+EMPTY = "Empty"  # the baseline row: no lesion predicted anywhere
 DECIMALS = 12  # replicates are rounded so that rows with equal cases tie exactly
 
 
@@ -190,7 +190,11 @@ def holm(p: list[float]) -> list[float]:
 
 def ranks(values: np.ndarray) -> np.ndarray:
     """int[rows, B]: rank of each row in each resample (1 = highest; ties share the better)."""
-    return 1 + (values[None, :, :] > values[:, None, :]).sum(axis=1)
+    r, b = values.shape
+    step = max(1, 10_000_000 // max(1, r * r))  # resamples per block: bounded memory
+    return np.concatenate([1 + (v[None, :, :] > v[:, None, :]).sum(axis=1)
+                           for v in (values[:, i:i + step] for i in range(0, max(b, 1), step))],
+                          axis=1)
 
 
 def _interval(x: np.ndarray, level: float, **kw: Any) -> list[float]:

@@ -14,10 +14,10 @@ from typing import Any
 
 from wsss_bench.core import calibration
 from wsss_bench.core.metrics import METRIC_NAMES
+from wsss_bench.core.statistics import EMPTY  # noqa: F401 (re-exported)
 from wsss_bench.core.store import STAGES
 from wsss_bench.errors import UsageError
 
-EMPTY = "Empty"
 CAM_TARGETS = ("predicted", "positive")
 OUTPUT_STRIDES = ("auto", "8", "16", "32")
 SWITCHES = ("auto", "on", "off")

@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = Console() if sys.stdout.isatty() else Console(width=200)
+    out = Console() if sys.stdout.isatty() else Console(width=240)
     if args.command is None:
         parser.print_help()
         return 2

@@ -255,8 +255,8 @@ def stat_cells(row: dict[str, Any], board: dict[str, Any]) -> list[str]:
     top = ("best" if best["best"] else
            f"{'yes' if best['top_group'] else 'no'} (p {p_text(best['p_holm'], board)})")
     empty = st.get("vs_empty")
-    beats = ("—" if empty is None else f"{'yes' if empty['beats'] else 'no'} "
-             f"({empty['diff']:+.4f}, p {p_text(empty['p_holm'], board)})")
+    beats = ("—" if empty is None else
+             f"{'yes' if empty['beats'] else 'no'} (p {p_text(empty['p_holm'], board)})")
     return [f"{lo:.4f}–{hi:.4f}",
             f"{rank['median']:g} [{rank['interval'][0]}–{rank['interval'][1]}]", top, beats]
 
@@ -332,9 +332,11 @@ def statistics_notes(board: dict[str, Any]) -> list[str]:
             f"rank [{level} interval] over the resamples. `top group`: not significantly "
             f"worse than the best row (`yes`; two-sided bootstrap p-value, Holm-adjusted "
             f"across rows, ≥ {1 - st['level']:.2g}). `beats Empty`: `yes` when significantly "
-            f"better than `Empty` (difference, Holm-adjusted p < {1 - st['level']:.2g}). Rows "
-            f"are compared only with rows scored on the same cases and data; \"—\": no "
-            f"per-case results (reported rows, older runs)."]
+            f"better than `Empty` (Holm-adjusted p < {1 - st['level']:.2g}). Rows "
+            f"are compared only with rows scored on the same cases and data; p-values shown "
+            f"are Holm-adjusted (`<{1 / st['resamples']:.2g}`: no resample reached 0); the "
+            f"JSON has every difference with its interval; \"—\": no per-case results "
+            f"(reported rows, older runs)."]
 
 
 def render_markdown(board: dict[str, Any]) -> str:

@@ -200,15 +200,30 @@ def case_problem(table: Any) -> str | None:
     """What is wrong with a per-case table (a phrase), or None when it is well formed."""
     if not isinstance(table, dict) or any(f not in table for f in CASE_FIELDS):
         return f"a per-case table needs the fields {', '.join(CASE_FIELDS)}"
+    if not all(isinstance(table[f], list) for f in CASE_FIELDS):
+        return f"its fields {', '.join(CASE_FIELDS)} must be lists"
     lengths = {len(table[f]) for f in CASE_FIELDS}
     if len(lengths) != 1 or not table["ids"]:
         return "its fields have different lengths or no cases"
-    counts = np.asarray(table["counts"])
-    if counts.shape != (len(table["ids"]), 4) or not np.issubdtype(counts.dtype, np.integer):
+    try:
+        counts = np.asarray(table["counts"])
+        slices = np.asarray(table["slices"])
+        dice_sum = np.asarray(table["dice_slice_sum"])
+    except (ValueError, TypeError):
+        return "its counts, slices or Dice sums are ragged"
+    if counts.shape != (len(table["ids"]), 4) or not _integers(counts):
         return "its counts are not int[cases,4]"
-    if (counts < 0).any() or (np.asarray(table["slices"]) < 1).any():
+    if not _integers(slices) or dice_sum.dtype.kind not in "if":
+        return "its slices are not integers or its Dice sums not numbers"
+    if (counts < 0).any() or (slices < 1).any():
         return "it has negative counts or a case without slices"
+    if not (np.isfinite(dice_sum) & (dice_sum >= 0) & (dice_sum <= slices)).all():
+        return "a case's Dice sum is not between 0 and its number of slices"
     return None
+
+
+def _integers(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_
 
 
 def metrics_of_cases(table: dict[str, list], weights: Any = None) -> dict[str, float]:

@@ -154,8 +154,7 @@ def brute_replicates(rows: list[dict], raw: dict[str, dict], resamples: int, see
                 slices = raw[row["method"]][entry["seed"], fold]
                 picked = [cases[fold][i] for i in draws[fold][b]]
                 counts = np.concatenate([slices[c] for c in picked])
-                ids = np.concatenate([[f"copy{k}"] * len(slices[c])
-                                      for k, c in enumerate(picked)])
+                ids = np.repeat(np.arange(len(picked)), [len(slices[c]) for c in picked])
                 got = metrics.metrics_from_counts(counts, ids)
                 for m in METRIC_NAMES:
                     values[m].append(got[m])

@@ -624,8 +624,8 @@ def test_rows_without_per_case_results_carry_no_stats_and_render_dashes(publishe
         assert stat_columns(cells["Better"])[:3] == [f"{lo:.4f}–{hi:.4f}", "1 [1–1]", "best"]
         assert stat_columns(cells["Worse"])[2] == "no (p <0.005)"  # p = 0 of 200 resamples
         assert stat_columns(cells["Twin"])[2] == "yes (p 1.000)"
-        diff = by["Better"]["stats"]["vs_empty"]["diff"]
-        assert stat_columns(cells["Better"])[3] == f"yes ({diff:+.4f}, p <0.005)"
+        assert by["Better"]["stats"]["vs_empty"]["diff"] > 0
+        assert stat_columns(cells["Better"])[3] == "yes (p <0.005)"
         assert stat_columns(cells["Empty"])[3] == "—"
     lines = list(csv.DictReader(io.StringIO(leaderboard.render_csv(board))))
     stat_keys = [f"{m}_ci_{s}" for m in METRIC_NAMES for s in ("low", "high")]

@@ -135,6 +135,28 @@ def test_on_step_is_called_per_batch_and_losses_are_epoch_means():
         assert result.losses[epoch] == pytest.approx(np.mean(batch_losses), rel=1e-6)
 
 
+def test_history_scores_validation_each_epoch_without_changing_the_training():
+    """Per-epoch validation (eval mode, no gradients) leaves weights, BatchNorm statistics
+    and the dropout's random stream untouched; its numbers are the model's after each epoch."""
+    images, labels = square_data(n=40)
+    val_images, val_labels = square_data(n=12, seed=7)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, seed=2, precise_bn=False)
+    plain = train_classifier(tiny_model(0), images, labels, cfg, CPU)
+    seen = train_classifier(tiny_model(0), images, labels, cfg, CPU,
+                            validation=(val_images, val_labels))
+    assert same_state(state(plain.model), state(seen.model))
+    assert plain.losses == seen.losses
+    assert [set(h) for h in plain.history] == [{"train_loss", "train_accuracy"}] * 3
+    assert [h["train_loss"] for h in seen.history] == seen.losses
+    assert all(0 <= h["train_accuracy"] <= 1 for h in seen.history)
+    with torch.no_grad():  # the last epoch's validation is the final model's (no precise BN)
+        logits = seen.model.eval()(torch.from_numpy(val_images))
+        loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(val_labels)))
+    assert seen.history[-1]["val_loss"] == pytest.approx(loss, rel=1e-5)
+    assert seen.history[-1]["val_accuracy"] == accuracy(seen.model, val_images, val_labels)
+    assert len({h["val_loss"] for h in seen.history}) == 3  # one value per epoch
+
+
 # ---------------------------------------------------------------- precise BatchNorm
 
 

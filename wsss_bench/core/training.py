@@ -28,6 +28,9 @@ class TrainConfig:
 class TrainResult:
     model: nn.Module
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
+    # per epoch: train_loss and train_accuracy (over the epoch's batches, train mode), and
+    # val_loss and val_accuracy (eval mode, after the epoch) when validation slices are given
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,11 +80,14 @@ def train_classifier(
     config: TrainConfig,
     device: torch.device,
     on_step: Callable[[int, float], None] | None = None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``images`` float[N,C,H,W] with slice labels int[N]; keep the last epoch.
 
     Shuffling uses its own seeded generator, so the order depends only on ``config.seed``.
-    ``on_step(epoch, loss)`` is called after every batch.
+    ``on_step(epoch, loss)`` is called after every batch. ``validation`` (images, labels) is
+    scored after every epoch in eval mode without gradients (no weight, BatchNorm statistic or
+    random state changes: the trained model is the same with or without it).
     """
     seed_everything(config.seed)
     model.to(device).train()
@@ -96,7 +102,7 @@ def train_classifier(
     result = TrainResult(model=model)
     for epoch in range(config.epochs):
         order = torch.randperm(len(x_all), generator=order_rng)
-        total, count = 0.0, 0
+        total, count, right = 0.0, 0, 0
         for start in range(0, len(order), config.batch_size):
             idx = order[start : start + config.batch_size].to(x_all.device)
             if len(idx) < 2 and len(order) > 1:  # BatchNorm cannot train on one sample
@@ -105,7 +111,9 @@ def train_classifier(
             y = y_all[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, config.amp):
-                loss = F.cross_entropy(model(x), y)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            right += int((logits.detach().argmax(dim=1) == y).sum())
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -115,12 +123,36 @@ def train_classifier(
             if on_step is not None:
                 on_step(epoch, value)
         result.losses.append(total / max(count, 1))
+        epoch_stats = {"train_loss": result.losses[-1], "train_accuracy": right / max(count, 1)}
+        if validation is not None:
+            epoch_stats.update(evaluate_classifier(model, *validation, device, config))
+            model.train()
+        result.history.append(epoch_stats)
     optimizer.zero_grad(set_to_none=True)
     if config.precise_bn:
         with autocast(device, config.amp):
             recompute_batchnorm(model, x_all, device, config.batch_size, config.channels_last)
     model.eval()
     return result
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, images: np.ndarray, labels: np.ndarray,
+                        device: torch.device, config: TrainConfig) -> dict[str, float]:
+    """``val_loss`` (mean cross-entropy) and ``val_accuracy`` of ``model`` in eval mode."""
+    model.eval()
+    total, right = 0.0, 0
+    for start in range(0, len(images), config.batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + config.batch_size],
+                                                  dtype=np.float32))
+        y = torch.from_numpy(np.asarray(labels[start:start + config.batch_size],
+                                        dtype=np.int64)).to(device)
+        with autocast(device, config.amp):
+            logits = model(on_device(x, device, config.channels_last))
+        total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        right += int((logits.argmax(dim=1) == y).sum())
+    n = max(len(images), 1)
+    return {"val_loss": total / n, "val_accuracy": right / n}
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ class Trained:
 
     checkpoint: bytes  # torch.save of the state dict (CPU tensors)
     predicted: np.ndarray  # int8[N]
-    info: dict[str, Any]  # losses, val_accuracy, output_stride, seconds, weights
+    info: dict[str, Any]  # losses, history per epoch, val_accuracy, output_stride, seconds, weights
     notes: tuple[str, ...] = ()  # lines for the log (e.g. a stride fallback)
 
 
@@ -46,7 +46,8 @@ def train(unit: TrainUnit, ctx: Context) -> Trained:
     backbone = ctx.plugin("backbones", unit.backbone)
     probe(model, backbone, data.images[train_idx[:2]], plan.versions)
     t0 = time.perf_counter()
-    result = train_classifier(model, data.images[train_idx], data.labels[train_idx], tcfg, device)
+    result = train_classifier(model, data.images[train_idx], data.labels[train_idx], tcfg, device,
+                              validation=(data.images[val_idx], data.labels[val_idx]))
     if not np.isfinite(result.losses).all():
         raise PluginOutputError(f"train {unit.label}: training diverged (loss per epoch "
                                 f"{result.losses}); check the data's value range, --lr and "
@@ -58,7 +59,8 @@ def train(unit: TrainUnit, ctx: Context) -> Trained:
     val_accuracy = float((predicted[val_idx] == data.labels[val_idx]).mean())
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    info = {"losses": result.losses, "val_accuracy": val_accuracy, "output_stride": stride,
+    info = {"losses": result.losses, "history": result.history,
+            "val_accuracy": val_accuracy, "output_stride": stride,
             "seconds": time.perf_counter() - t0, "weights": plan.weights.get(unit.backbone)}
     return Trained(buffer.getvalue(), predicted.astype(np.int8), info, tuple(notes))
 

@@ -18,21 +18,32 @@ from wsss_bench.pipeline.plan import EvalUnit
 
 
 def evaluate(unit: EvalUnit, ctx: Context) -> list[dict[str, Any]]:
-    """``{"thresholds", "metrics", "cases"}`` on each of ``unit.folds`` (the stage function):
-    ``cases`` is the per-case table of the validation slices (:func:`metrics.case_table`),
-    from which ``metrics`` and every statistic of the leaderboard are computed."""
+    """``{"thresholds", "metrics", "cases", "grid"}`` on each of ``unit.folds`` (the stage
+    function): ``cases`` is the per-case table of the validation slices
+    (:func:`metrics.case_table`), from which ``metrics`` and every statistic of the leaderboard
+    are computed; ``grid`` the selection metric over the threshold grid on the fold's training
+    slices (:func:`_landscape`)."""
     grid = np.asarray(ctx.plan.grid)
     if len(unit.folds) == 1:
         stack, region, (train, _) = _inputs(unit, ctx, 0)
-        chosen = _grid(unit, ctx, stack, region, train, grid).thresholds
-        return [_apply(unit, ctx, stack, region, chosen)]
+        found = _grid(unit, ctx, stack, region, train, grid)
+        return [{**_apply(unit, ctx, stack, region, found.thresholds),
+                 "grid": _landscape(ctx, found.scores)}]
     scores = []
     for i in range(len(unit.folds)):  # pass 1: every fold's training grid
         stack, region, (train, _) = _inputs(unit, ctx, i)
         scores.append(_grid(unit, ctx, stack, region, train, grid).scores)
     chosen = calibration.choose_across_folds(scores, grid).thresholds
-    return [_apply(unit, ctx, *_inputs(unit, ctx, i)[:2], chosen, fold_index=i)
+    return [{**_apply(unit, ctx, *_inputs(unit, ctx, i)[:2], chosen, fold_index=i),
+             "grid": _landscape(ctx, scores[i])}
             for i in range(len(unit.folds))]  # pass 2: the chosen tuple on every fold
+
+
+def _landscape(ctx: Context, scores: np.ndarray) -> dict[str, Any]:
+    """The selection metric over the threshold grid on the fold's training slices (one axis
+    per threshold; the paper's Fig. 6), as stored with the unit's results."""
+    return {"metric": ctx.plan.config.select_by, "thresholds": [float(t) for t in ctx.plan.grid],
+            "scores": np.asarray(scores, dtype=np.float64).tolist()}
 
 
 def empty(ctx: Context, fold: int) -> dict[str, Any]:

@@ -241,8 +241,19 @@ def evaluation_outdated(meta: dict[str, Any]) -> str | None:
 def commit_evaluate(store: Store, unit: EvalUnit, results: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
     for (key, description), result in zip(unit.keys, results, strict=True):
-        store.write("evaluate", key, description, lambda _f, r=result: {"result": r})
+        store.write("evaluate", key, description, lambda f, r=result: _evaluation_files(r, f))
     return results
+
+
+def _evaluation_files(result: dict[str, Any], folder: Any) -> dict[str, Any]:
+    """An evaluate result as stored: the threshold grid's scores in ``grid.npy`` (they can be
+    large), everything else in unit.json."""
+    grid = result.get("grid")
+    if grid is None:
+        return {"result": result}
+    np.save(folder / "grid.npy", np.asarray(grid["scores"], dtype=np.float64))
+    stored = {k: v for k, v in grid.items() if k != "scores"}
+    return {"result": {**result, "grid": {**stored, "file": "grid.npy"}}}
 
 
 def claim(store: Store, reporter: Reporter | None, stage: str, keys: list[str]) -> set[str]:

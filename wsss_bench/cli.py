@@ -170,6 +170,9 @@ def build_parser() -> ArgumentParser:
                    help="write <NAME>.json/.md instead of <dataset>.json/.md")
     r.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="set a plugin option, e.g. phantom.n_cases=12 (repeatable)")
+    r.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the run's figures into <leaderboard-dir>/figures/<name>/ "
+                        "(default: on)")
     r.add_argument("--bootstrap", type=_count, metavar="N",
                    help=f"resamples of the leaderboard's intervals, tests and rank intervals "
                         f"(default {d.bootstrap}; 0: none)")
@@ -204,6 +207,20 @@ def build_parser() -> ArgumentParser:
     lb.add_argument("--bootstrap", type=_count, metavar="N",
                     help="recompute the statistics with N resamples for this view (0: none; "
                          "default: as stored)")
+
+    fg = sub.add_parser("figures", help="draw a leaderboard's figures from its run's units",
+                        description="Draw the figures of a stored leaderboard (CAM overlays, "
+                                    "threshold landscapes, training curves, ranking) from the "
+                                    "units its run stored: the board's recorded command is "
+                                    "replayed without computing anything.")
+    fg.add_argument("--dataset", required=True,
+                    help="dataset name (or the --leaderboard-name the run used)")
+    fg.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
+                    help=f"where the leaderboards are (default {d.leaderboard_dir})")
+    fg.add_argument("--workdir", default=None,
+                    help="the run folder holding its units (default: the command's, else "
+                         f"{d.workdir})")
+    fg.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
 
     cp = sub.add_parser("compare", help="paired comparison of two leaderboard rows",
                         description="Compare two stored rows of a leaderboard on every metric: "
@@ -431,6 +448,36 @@ def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
         out.print(leaderboard.rich_table(board))
 
 
+def cmd_figures(args: argparse.Namespace) -> None:
+    """Replay the board's command on its stored units and draw its figures."""
+    from wsss_bench.core import leaderboard
+    from wsss_bench.core.progress import Reporter
+    from wsss_bench.pipeline.publish import publish
+    from wsss_bench.pipeline.run import execute
+    from wsss_bench.registry import load_registry
+
+    json_path, _ = leaderboard.paths(Path(args.leaderboard_dir), args.dataset)
+    board = leaderboard.load(json_path)
+    command = board.get("command")
+    if not command or not command.startswith("wsss-bench run"):
+        raise UsageError(f"{json_path}: the board records no `wsss-bench run` command to "
+                         f"replay; run it again to draw its figures")
+    try:
+        run_args = build_parser().parse_args(shlex.split(command)[1:])
+    except SystemExit:
+        raise UsageError(f"{json_path}: its command {command!r} does not parse with this "
+                         f"wsss-bench; run it again") from None
+    config = replace(run_config(run_args), leaderboard_dir=args.leaderboard_dir, figures=True,
+                     leaderboard_name=board.get("name") or board["dataset"])
+    if args.workdir:
+        config = replace(config, workdir=args.workdir)
+    reporter = Reporter(quiet=args.quiet)
+    outcome = execute(config, load_registry(), reporter, stored_only=command)
+    publish(config, outcome, [], {})
+    where = Path(args.leaderboard_dir) / "figures" / config.leaderboard_name
+    reporter.summary(f"figures written to {where}")
+
+
 def cmd_compare(args: argparse.Namespace, out: Console) -> None:
     from wsss_bench.core import leaderboard, statistics
 
@@ -489,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cmd_clean(args)
             elif args.command == "compare":
                 cmd_compare(args, out)
+            elif args.command == "figures":
+                cmd_figures(args)
             else:
                 cmd_leaderboard(args, out)
     except UsageError as exc:

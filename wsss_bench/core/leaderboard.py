@@ -339,6 +339,28 @@ def statistics_notes(board: dict[str, Any]) -> list[str]:
             f"(reported rows, older runs)."]
 
 
+FIGURE_KINDS = {"overlays": "CAM overlays", "landscape": "threshold landscape",
+                "curves": "training curves", "ranking": "ranking"}
+
+
+def figure_links(board: dict[str, Any]) -> list[str]:
+    """The board's figures (relative links, as ``figures`` in the JSON lists them): the
+    ranking shown, the others linked."""
+    figures = board.get("figures") or []
+    if not figures:
+        return []
+    lines = ["", "Figures (drawn from the run's stored units; `wsss-bench figures` redraws "
+             "them):", ""]
+    for link in figures:
+        stem = link.rsplit("/", 1)[-1].removesuffix(".png")
+        kind = FIGURE_KINDS.get(stem.split("-", 1)[0], "figure")
+        lines.append(f"- {kind}: [{stem}]({link})")
+    ranking = [f for f in figures if f.endswith("/ranking.png")]
+    if ranking:
+        lines += ["", f"![ranking]({ranking[0]})"]
+    return lines
+
+
 def render_markdown(board: dict[str, Any]) -> str:
     """The markdown leaderboard: header (data, split, metric definitions, provenance) + table."""
     name = board.get("name") or board["dataset"]
@@ -376,6 +398,7 @@ def render_markdown(board: dict[str, Any]) -> str:
               "|---|" + "|".join("---" for _ in COLUMNS) + "|"]
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):
         lines.append(f"| {rank} | " + " | ".join(_cells(row, board, markdown=True)) + " |")
+    lines += figure_links(board)
     lines += ["", "Provenance (rows made by the same run share a line):", ""]
     runs: dict[str, list[int]] = {}
     for rank, row in enumerate(sort_rows(board["rows"]), start=1):

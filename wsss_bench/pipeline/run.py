@@ -41,6 +41,11 @@ class Outcome:
     rows: list[dict[str, Any]]
     folds: list[list[str]]
     failures: list[str] = field(default_factory=list)
+    # what the figures are drawn from: the plan, its context (slices, stored CAMs) and every
+    # whole evaluate unit with its per-fold results
+    plan: Plan | None = None
+    context: Context | None = None
+    evaluations: list[tuple[EvalUnit, list[dict[str, Any]]]] = field(default_factory=list)
 
 
 def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
@@ -53,17 +58,27 @@ def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
     return outcome.rows, outcome.folds
 
 
-def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None
-            ) -> Outcome:
+def execute(config: RunConfig, registry: Registry, reporter: Reporter | None = None,
+            stored_only: str | None = None) -> Outcome:
     """Run ``config`` unit by unit; a failed unit fails the units that need it, and the
     methods it touches get no row (their previous leaderboard rows stay). The run's claims
-    on store units (see ``Store.claim``) are released when it ends, finished or not."""
+    on store units (see ``Store.claim``) are released when it ends, finished or not.
+    ``stored_only`` (the command that made the units): compute nothing; a UsageError saying
+    to run that command when a unit is not stored."""
     with ExitStack() as cleanup:
-        return _execute(config, registry, reporter, cleanup)
+        return _execute(config, registry, reporter, cleanup, stored_only)
+
+
+def _missing(plan: Plan, store: Store) -> list[str]:
+    """``stage/key`` of every unit of ``plan`` not stored whole."""
+    keys = [("train", u.key) for u in plan.train]
+    keys += [("cams", k) for c in plan.cams for k, _ in c.keys.values()]
+    keys += [("evaluate", k) for e in plan.evaluate for k, _ in e.keys]
+    return [f"{stage}/{key}" for stage, key in keys if not store.ready(stage, key)]
 
 
 def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
-             cleanup: ExitStack) -> Outcome:
+             cleanup: ExitStack, stored_only: str | None = None) -> Outcome:
     reporter = reporter or Reporter(quiet=True)
     plan = Plan.build(config, registry)
     torch.manual_seed(config.seed)
@@ -72,6 +87,10 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
     folds = split(config, data)
     plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
     store = Store(config.workdir, plan.force, checks={"evaluate": evaluation_outdated})
+    if stored_only is not None and (missing := _missing(plan, store)):
+        raise UsageError(f"{len(missing)} unit(s) of this board's run are not stored in "
+                         f"{store.root} (e.g. {missing[0]}): run `{stored_only}` there first, "
+                         f"or pass --workdir of the run that made them")
     cleanup.callback(store.release_all)
     store.start_manifest(f"{config.dataset}-{digest([data.origin, plan.settings])}", {
         "dataset": config.dataset, "config": plan.settings,
@@ -147,7 +166,8 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
     strides = {u.backbone: store.info("train", u.key)["output_stride"] for u in plan.train
                if u.key not in bad_train}
     rows = publish.rows(plan, ctx, whole, strides, reused, reporter, incomplete=incomplete)
-    return Outcome(rows, folds, failures)
+    complete = [(u, r) for u, r in whole if publish.results_key(u, ctx) not in incomplete]
+    return Outcome(rows, folds, failures, plan, ctx, complete)
 
 
 def pending_train(plan: Plan, store: Store, reporter: Reporter) -> list[TrainUnit]:

@@ -68,6 +68,7 @@ class RunConfig:
     leaderboard_name: str | None = None  # <name>.json/.md instead of <dataset>.json/.md
     preset: str | None = None  # recorded only: the preset's values are already applied
     bootstrap: int = 1000  # resamples of the leaderboard's statistics; 0 = none
+    figures: bool = True  # draw the run's figures beside its leaderboard
     options: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -124,9 +125,10 @@ class RunConfig:
 
 
 # where and how fast a run goes, or where it writes: not its numbers (the bootstrap's
-# resamples make the leaderboard's statistics, recorded in its header, not any row's numbers)
+# resamples make the leaderboard's statistics, recorded in its header, not any row's numbers;
+# figures are drawn from the numbers)
 EXECUTION_FIELDS = ("device", "gpus", "devices", "executor", "workers", "workdir",
-                    "leaderboard_dir", "leaderboard_name", "force", "bootstrap")
+                    "leaderboard_dir", "leaderboard_name", "force", "bootstrap", "figures")
 
 
 def settings_of(config: RunConfig, executor_options: tuple[str, ...] = ()) -> dict[str, Any]:

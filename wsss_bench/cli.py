@@ -202,8 +202,8 @@ def build_parser() -> ArgumentParser:
                     help="dataset name (or the --leaderboard-name the run used)")
     lb.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
                     help=f"where the leaderboards are (default {d.leaderboard_dir})")
-    lb.add_argument("--format", choices=["table", "md", "json", "csv"], default="table",
-                    help="table (rich, default), md, json or csv")
+    lb.add_argument("--format", choices=["table", "md", "json", "csv", "html"], default="table",
+                    help="table (rich, default), md, json, csv or html (the web page)")
     lb.add_argument("--bootstrap", type=_count, metavar="N",
                     help="recompute the statistics with N resamples for this view (0: none; "
                          "default: as stored)")
@@ -444,6 +444,11 @@ def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
         print(leaderboard.render_csv(board), end="")
     elif args.format == "md":
         print(leaderboard.render_markdown(board), end="")
+    elif args.format == "html":
+        from wsss_bench.core import webpage
+
+        print(webpage.render_html(board, webpage.figures(Path(args.leaderboard_dir),
+                                                         args.dataset)), end="")
     else:
         out.print(leaderboard.rich_table(board))
 

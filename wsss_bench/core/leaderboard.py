@@ -164,8 +164,8 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
            bootstrap: statistics.Bootstrap | None = None) -> dict[str, Any]:
     """Merge ``new_rows`` (and the paper's reported rows for the dataset) into the stored
     leaderboard ``<name or dataset>.json`` under a lock, compute every row's statistics over
-    the merged board (``bootstrap``, default :class:`statistics.Bootstrap`), and rewrite JSON
-    and markdown.
+    the merged board (``bootstrap``, default :class:`statistics.Bootstrap`), and rewrite JSON,
+    markdown and the web page (:mod:`wsss_bench.core.webpage`).
 
     A header field that is absent or None keeps the stored value (``command``, ``deviations``,
     ...); a new ``split`` replaces seed and file together; ``preset_overrides`` and
@@ -188,6 +188,10 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
         board["rows"] = board.pop("rows")  # rows last, after the header
         atomic.write_text(json_path, dumps(board))
         atomic.write_text(md_path, render_markdown(board))
+        from wsss_bench.core import webpage  # it renders with this module's helpers
+
+        atomic.write_text(md_path.with_name(f"{name}.html"),
+                          webpage.render_html(board, webpage.figures(leaderboard_dir, name)))
     return board
 
 

@@ -84,7 +84,8 @@ def published(tmp_path_factory) -> tuple[Path, dict]:
     (figures / "notes.txt").write_text("not a figure")
     measured = rows()
     split = [sorted(set(entry["ids"])) for entry in measured[0]["per_case"]]
-    header = {"command": "wsss-bench run --dataset brats", "split": split, "split_seed": 0}
+    header = {"command": "wsss-bench run --dataset brats", "split": split, "split_seed": 0,
+              "figures": [f"figures/{NAME}/{f}" for f in FIGURES]}
     board = leaderboard.update(where, "brats", measured, header, name=NAME,
                                bootstrap=statistics.Bootstrap(resamples=60, seed=0))
     return where, board
@@ -192,8 +193,8 @@ def test_without_figures_the_gallery_says_so(published):
 def test_same_board_same_bytes(published, page_text):
     where, board = published
     again = leaderboard.load(where / f"{NAME}.json")
-    assert webpage.render_html(again, webpage.figures(where, NAME)) == page_text
-    assert webpage.render_html(board, webpage.figures(where, NAME)) == page_text
+    assert webpage.render_html(again, again["figures"]) == page_text
+    assert webpage.render_html(board, board["figures"]) == page_text
 
 
 def test_update_rewrites_the_page(tmp_path):
@@ -204,7 +205,8 @@ def test_update_rewrites_the_page(tmp_path):
     assert "No figures" in first
     (tmp_path / "figures" / "phantom").mkdir(parents=True)
     png(tmp_path / "figures" / "phantom" / "ranking.png", (0, 0, 0))
-    leaderboard.update(tmp_path, "phantom", rows(("resnet50 / gradcam / none",))[-1:], {},
+    leaderboard.update(tmp_path, "phantom", rows(("resnet50 / gradcam / none",))[-1:],
+                       {"figures": ["figures/phantom/ranking.png"]},
                        bootstrap=statistics.Bootstrap(resamples=0))
     second = (tmp_path / "phantom.html").read_text(encoding="utf-8")
     assert "resnet50 / gradcam / none" in second and "resnet18 / gradcam / none" in second

@@ -447,8 +447,7 @@ def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
     elif args.format == "html":
         from wsss_bench.core import webpage
 
-        print(webpage.render_html(board, webpage.figures(Path(args.leaderboard_dir),
-                                                         args.dataset)), end="")
+        print(webpage.render_html(board, board.get("figures") or []), end="")
     else:
         out.print(leaderboard.rich_table(board))
 

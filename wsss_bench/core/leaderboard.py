@@ -191,7 +191,7 @@ def update(leaderboard_dir: Path, dataset: str, new_rows: list[dict],
         from wsss_bench.core import webpage  # it renders with this module's helpers
 
         atomic.write_text(md_path.with_name(f"{name}.html"),
-                          webpage.render_html(board, webpage.figures(leaderboard_dir, name)))
+                          webpage.render_html(board, board.get("figures") or []))
     return board
 
 
@@ -343,7 +343,7 @@ def statistics_notes(board: dict[str, Any]) -> list[str]:
             f"(reported rows, older runs)."]
 
 
-FIGURE_KINDS = {"overlays": "CAM overlays", "landscape": "threshold landscape",
+FIGURE_KINDS = {"overlays": "CAM overlays", "landscape": "threshold landscapes",
                 "curves": "training curves", "ranking": "ranking"}
 
 

@@ -13,7 +13,6 @@ import json
 import math
 import re
 from html import escape
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -21,16 +20,10 @@ from wsss_bench.core import leaderboard
 from wsss_bench.core.leaderboard import METRIC_NOTES, SORT_METRIC, STAT_COLUMNS, is_reported
 from wsss_bench.core.metrics import METRIC_NAMES
 
-GALLERY = {"overlays": "CAM overlays", "landscape": "Threshold landscapes",
-           "curves": "Training curves", "ranking": "Ranking"}
+GALLERY = {prefix: title[:1].upper() + title[1:]  # figure-name prefix -> gallery section
+           for prefix, title in leaderboard.FIGURE_KINDS.items()}
 NONE = "(none)"  # the filter value of a row without the part (Empty, single backbones)
 FILTERS = {"cam": "CAM", "ensemble": "Ensemble", "filter": "Filter", "backbone": "Backbone"}
-
-
-def figures(leaderboard_dir: Path, name: str) -> list[str]:
-    """The PNGs under ``<leaderboard_dir>/figures/<name>/``, as paths relative to the page."""
-    folder = Path(leaderboard_dir) / "figures" / name
-    return sorted(f"figures/{name}/{p.name}" for p in folder.glob("*.png"))
 
 
 def _inline(text: str) -> str:

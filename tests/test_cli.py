@@ -14,6 +14,18 @@ from wsss_bench.core.metrics import METRIC_NAMES
 
 SMALL = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds", "2", "--epochs", "1",
          "--batch-size", "8", "-q"]
+# the end-to-end runs below check names, schemas and merges, which hold for any slice size:
+# 4 slices per case (FEW_SLICES, the default 64×64) or 4 slices of 32×32 (TINY) keep them fast
+FEW_SLICES = [a.replace("n_slices=8", "n_slices=4") for a in SMALL]
+TINY = [*FEW_SLICES, "-o", "phantom.size=32"]
+
+
+def one_thread(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with one CPU thread for torch: a run's tiny tensors
+    gain nothing from more, and two pytest-xdist workers share the cores."""
+    import os
+
+    return {**(os.environ if env is None else env), "OMP_NUM_THREADS": "1"}
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None,
@@ -204,9 +216,9 @@ def _check_row_schema(row: dict, n_folds: int) -> None:
 
 @pytest.mark.slow
 def test_end_to_end_run_with_a_third_party_plugin(use_dist, tmp_path):
-    env = use_dist("example")
+    env = one_thread(use_dist("example"))
     lb = tmp_path / "lb"
-    done = cli("run", *SMALL, "--cams", "gradcam,activation-mean", "--ensembles", "and,or,first",
+    done = cli("run", *TINY, "--cams", "gradcam,activation-mean", "--ensembles", "and,or,first",
                "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb), env=env)
     assert done.returncode == 0, done.stderr
     board = json.loads((lb / "phantom.json").read_text())
@@ -242,7 +254,7 @@ def test_end_to_end_run_with_a_third_party_plugin(use_dist, tmp_path):
     shown = cli("leaderboard", "--dataset", "phantom", "--leaderboard-dir", str(lb), "--format",
                 "json")
     assert json.loads(shown.stdout) == board
-    again = cli("run", *SMALL, "--backbones", "resnet18,resnet34", "--ensembles", "and",
+    again = cli("run", *TINY, "--backbones", "resnet18,resnet34", "--ensembles", "and",
                 "--seed", "1", "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb),
                 env=env)
     assert again.returncode == 0, again.stderr
@@ -255,10 +267,10 @@ def test_end_to_end_run_with_a_third_party_plugin(use_dist, tmp_path):
 @pytest.mark.slow
 def test_run_evaluates_each_cam_and_records_plugin_options(tmp_path):
     lb = tmp_path / "lb"
-    done = cli("run", *SMALL, "--backbones", "resnet18,resnet34", "--ensembles", "and",
+    done = cli("run", *FEW_SLICES, "--backbones", "resnet18,resnet34", "--ensembles", "and",
                "--cams", "gradcam,gradcam++,smoothgradcam++", "-o", "smoothgradcam++.samples=2",
                "-o", "smoothgradcam++.sigma=0.1", "--gate", "--workdir", str(tmp_path / "w"),
-               "--leaderboard-dir", str(lb))
+               "--leaderboard-dir", str(lb), env=one_thread())
     assert done.returncode == 0, done.stderr
     rows = {r["method"]: r for r in json.loads((lb / "phantom.json").read_text())["rows"]}
     for cam in ("gradcam", "gradcam++", "smoothgradcam++[samples=2,sigma=0.1]"):
@@ -279,11 +291,11 @@ def test_run_evaluates_each_cam_and_records_plugin_options(tmp_path):
 @pytest.mark.slow
 def test_run_with_every_ensemble_and_filter(tmp_path):
     lb = tmp_path / "lb"
-    done = cli("run", *SMALL, "--backbones", "resnet18,resnet34",
+    done = cli("run", *TINY, "--backbones", "resnet18,resnet34",
                "--ensembles", "and,or,smaller,bigger,vote,mean",
                "--filters", "none,center-box,brain,brain-band,learned-box",
                "-o", "center-box.side=0.75", "--select-by", "dice_volume",
-               "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb))
+               "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb), env=one_thread())
     assert done.returncode == 0, done.stderr
     rows = {r["method"]: r for r in json.loads((lb / "phantom.json").read_text())["rows"]}
     filters = ("none", "center-box", "brain", "brain-band", "learned-box")

@@ -24,9 +24,13 @@ from wsss_bench.pipeline.run import run
 from wsss_bench.pipeline.settings import RunConfig, settings_of
 from wsss_bench.testing import KitContext, KitUnit
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs; executors take this thread count
+
 GOLDEN = Path(__file__).parent / "data" / "store_keys_12d6b0f.json"
-SMALL = {"options": {"phantom": {"n_cases": "6", "n_slices": "8"}}, "folds": 2, "epochs": 1,
-         "batch_size": 8, "ensembles": ("and",)}
+# 6 cases of 4 slices of 32×32: what these runs assert holds for any size; a small one keeps
+# the runs on three executors (and their worker start-ups) within seconds of compute
+SMALL = {"options": {"phantom": {"n_cases": "6", "n_slices": "4", "size": "32"}}, "folds": 2,
+         "epochs": 1, "batch_size": 8, "ensembles": ("and",)}
 QUIET = Reporter(quiet=True)
 
 
@@ -192,8 +196,9 @@ def test_a_unit_that_fails_for_good_keeps_the_finished_units(tmp_path, capsys):
     (weights / "resnet34.pth").write_bytes(b"not a checkpoint")
     torch_save_resnet18(weights / "resnet18.pth")
     work = tmp_path / "w"
-    code = run_main(["run", "-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds",
-                     "2", "--epochs", "1", "--batch-size", "8", "-q", "--ensembles", "",
+    code = run_main(["run", "-o", "phantom.n_cases=6", "-o", "phantom.n_slices=4", "-o",
+                     "phantom.size=32", "--folds", "2", "--epochs", "1", "--batch-size", "8",
+                     "-q", "--ensembles", "",
                      "--weights", str(weights), "--workdir", str(work), "--leaderboard-dir",
                      str(tmp_path / "b"), "--devices", "cpu,cpu"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -23,6 +23,8 @@ from tests.test_cli import run_main
 from wsss_bench.contracts import Case, CaseFiles
 from wsss_bench.errors import PluginOutputError, UsageError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny runs: one CPU thread is faster
+
 DIST = "wsss-bench-faulty-plugins 0.1.0"
 TINY = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=4", "-o", "phantom.size=32",
         "--folds", "2", "--epochs", "1", "--batch-size", "8", "-q"]
@@ -70,7 +72,7 @@ def faulty_env(plugin_dist):
 
 
 @pytest.fixture(scope="module")
-def good_run(faulty_env, tmp_path_factory):
+def good_run(faulty_env, one_thread, tmp_path_factory):
     """A run where every faulty plugin behaves: stored units and a leaderboard to protect."""
     root = tmp_path_factory.mktemp("good")
     code = _run(root, *TINY, "--backbones", "resnet18,faultynet", "--cams",

@@ -15,21 +15,28 @@ from tests.test_store import measured, units
 
 pytestmark = pytest.mark.slow
 
-# smoothgradcam++ with 8 noisy copies makes each CAM unit take seconds, so a kill sent when
-# one CAM unit is reported lands in the next
+# smoothgradcam++ with 2 noisy copies (3 passes with its clean one) makes each CAM unit take
+# seconds, so a kill sent when one CAM unit is reported lands in the next (the next is
+# resnet34's, the slower backbone); more copies would only make every run of this module slower
 ARGS = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds", "2", "--epochs", "1",
-        "--batch-size", "8", "--cams", "smoothgradcam++", "-o", "smoothgradcam++.samples=8",
+        "--batch-size", "8", "--cams", "smoothgradcam++", "-o", "smoothgradcam++.samples=2",
         "--ensembles", "and"]
+
+
+def env() -> dict[str, str]:
+    """Every run of this module computes on one CPU thread: the interrupted runs, the resumed
+    one and the uninterrupted one alike (tiny tensors; more threads per pytest-xdist worker
+    only contend for the cores)."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def start(workdir: Path, boards: Path) -> subprocess.Popen:
     """The run as a user starts it: Ctrl-C (SIGINT) at its default, even when this process
     ignores it (a pytest-xdist worker does, and a child would inherit that)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "wsss_bench.cli", "run", *ARGS, "--workdir", str(workdir),
          "--leaderboard-dir", str(boards)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        text=True, env=env(), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def run_until(workdir: Path, boards: Path, line_start: str, sig: int) -> tuple[int, list[str]]:
@@ -73,7 +80,7 @@ def test_killed_during_cams_and_during_training_then_resumed(tmp_path):
     # 3. resumed to the end: nothing trained again, the finished CAM unit reused
     done = subprocess.run([sys.executable, "-m", "wsss_bench.cli", "run", *ARGS, "--workdir",
                            str(work), "--leaderboard-dir", str(boards)], capture_output=True,
-                          text=True, check=False)
+                          text=True, env=env(), check=False)
     assert done.returncode == 0, done.stderr
     log3 = done.stderr.splitlines()
     assert sum(": reused (unit" in line and line.startswith("train") for line in log3) == 4
@@ -87,7 +94,8 @@ def test_killed_during_cams_and_during_training_then_resumed(tmp_path):
     # the same leaderboard as an uninterrupted run
     clean = subprocess.run([sys.executable, "-m", "wsss_bench.cli", "run", *ARGS, "-q",
                             "--workdir", str(tmp_path / "w2"), "--leaderboard-dir",
-                            str(tmp_path / "b2")], capture_output=True, text=True, check=False)
+                            str(tmp_path / "b2")], capture_output=True, text=True, env=env(),
+                           check=False)
     assert clean.returncode == 0, clean.stderr
     assert measured(boards) == measured(tmp_path / "b2")
 

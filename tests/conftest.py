@@ -26,6 +26,20 @@ REQUIRE_ENV = "WSSS_BENCH_REQUIRE_DATA"
 DEFAULT_TEST_DATA = ROOT.parent / "shared" / "data"
 FIXTURE_DATA = ROOT / "tests" / "data"
 
+# Under pytest-xdist (the README's `-n 2`) every worker, and every process it starts, computes on
+# one CPU thread: two workers of several threads each oversubscribe a small machine, and the
+# tests' tensors are tiny. Set before any test module imports torch; pytest_configure makes
+# sure for a torch imported earlier.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("OMP_NUM_THREADS") == "1":
+        import torch
+
+        torch.set_num_threads(1)
+
 
 def real_data_root() -> Path | None:
     """``$WSSS_BENCH_TEST_DATA`` (absolute, symlinks kept), else ``../shared/data`` if it

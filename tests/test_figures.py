@@ -179,3 +179,11 @@ def _rewrite(path: Path, meta: dict) -> None:
 
     meta["meta_sha256"] = meta_sha256(meta)
     path.write_text(json.dumps(meta, indent=1))
+
+
+@pytest.mark.parametrize(("flags", "want"), [([], True), (["--figures"], True),
+                                             (["--no-figures"], False)])
+def test_run_draws_figures_unless_told_not_to(flags, want):
+    from wsss_bench.cli import build_parser, run_config
+
+    assert run_config(build_parser().parse_args(["run", *flags])).figures is want

@@ -170,7 +170,7 @@ def build_parser() -> ArgumentParser:
                    help="write <NAME>.json/.md instead of <dataset>.json/.md")
     r.add_argument("-o", "--option", action="append", default=[], metavar="PLUGIN.KEY=VALUE",
                    help="set a plugin option, e.g. phantom.n_cases=12 (repeatable)")
-    r.add_argument("--figures", action=argparse.BooleanOptionalAction, default=None,
+    r.add_argument("--figures", action=argparse.BooleanOptionalAction,
                    help="draw the run's figures into <leaderboard-dir>/figures/<name>/ "
                         "(default: on)")
     r.add_argument("--bootstrap", type=_count, metavar="N",

@@ -556,14 +556,14 @@ def _training_figure(histories: dict[str, list[list[dict[str, float]]]], title: 
     lines: _TrainLines = {}
     for r, (backbone, folds) in enumerate(histories.items()):
         top = _TC_TITLE + r * _TC_H
-        for c, (quantity, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+        for c, label in enumerate(("loss", "accuracy")):
             ax = _add_axes(fig, c * _TC_W + 0.75, top + 0.35, _TC_W - 1.0, _TC_H - 1.0)
             missing_val = False
             drawn = False
             for k, epochs in enumerate(folds):
                 x = np.arange(1, len(epochs) + 1)
                 for split, dash in (("train", "-"), ("val", "--")):
-                    key = f"{split}_{quantity}"
+                    key = f"{split}_{label}"
                     y = [float(e[key]) if key in e else np.nan for e in epochs]
                     if not epochs or all(key not in e for e in epochs):
                         missing_val |= split == "val"
@@ -585,14 +585,13 @@ def _training_figure(histories: dict[str, list[list[dict[str, float]]]], title: 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.tick_params(labelsize=7)
             ax.grid(True, alpha=0.3)
-            if quantity == "accuracy":
+            if label == "accuracy":
                 ax.set_ylim(-0.02, 1.02)
             if c == 0 and folds:
                 handles = [Line2D([], [], color=_fold_colour(k), label=f"fold {k}")
                            for k in range(len(folds))]
                 handles.append(Line2D([], [], color="black", linestyle="-", label="train"))
-                if (backbone, 0, "val_loss") in lines or any(
-                        key[0] == backbone and key[2] == "val_loss" for key in lines):
+                if any(key[0] == backbone and key[2] == "val_loss" for key in lines):
                     handles.append(Line2D([], [], color="black", linestyle="--", label="val"))
                 ax.legend(handles=handles, fontsize=6, loc="upper right", ncol=2,
                           framealpha=0.8)

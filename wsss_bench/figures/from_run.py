@@ -132,7 +132,7 @@ def training_histories(plan: Plan, ctx: Context, seed: int) -> dict[str, list[li
     units made before validation was recorded)."""
     out: dict[str, list[list[dict]]] = {}
     for unit in plan.train:
-        if unit.description["seed"] != seed:
+        if unit.seed != seed:
             continue
         info = _unit_info(ctx, "train", unit.key)
         history = info.get("history") or [{"train_loss": v} for v in info.get("losses", [])]

@@ -61,6 +61,27 @@ def test_committed_leaderboards_are_real_runs_with_their_command(name):
 
 
 @pytest.mark.parametrize("name", ["phantom", "brats-sample"])
+def test_committed_leaderboards_carry_their_figures_and_web_page(name):
+    """Each committed board lists its figures (all there, PNG), the markdown links them, and
+    the web page is rendered from the JSON."""
+    import json
+
+    from wsss_bench.core import leaderboard, webpage
+
+    board = json.loads((ROOT / "leaderboards" / f"{name}.json").read_text())
+    figures = board["figures"]
+    kinds = {link.rsplit("/", 1)[-1].split("-", 1)[0].removesuffix(".png") for link in figures}
+    assert kinds == {"overlays", "landscape", "curves", "ranking"}
+    for link in figures:
+        assert link.startswith(f"figures/{name}/")
+        assert (ROOT / "leaderboards" / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (ROOT / "leaderboards" / f"{name}.html").read_text(encoding="utf-8")
+    assert html == webpage.render_html(board, figures)
+    assert set(figures) <= set(leaderboard.render_markdown(board).replace("(", " ").replace(
+        ")", " ").split())
+
+
+@pytest.mark.parametrize("name", ["phantom", "brats-sample"])
 def test_committed_leaderboards_carry_reproducible_statistics(name):
     """Every measured row of a committed board has its per-case results and statistics, and
     recomputing them from the per-case results with the recorded settings gives the same."""

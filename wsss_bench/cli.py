@@ -304,7 +304,10 @@ def cmd_run(args: argparse.Namespace, out: Console, argv: Sequence[str]) -> int:
     out.print(leaderboard.rich_table(board))
     json_path, md_path = leaderboard.paths(Path(config.leaderboard_dir),
                                            config.leaderboard_name or config.dataset)
-    reporter.summary(f"leaderboard written to {json_path} and {md_path}")
+    reporter.summary(f"leaderboard written to {json_path}, {md_path} and "
+                     f"{md_path.with_suffix('.html')}"
+                     + (f"; figures in {Path(config.leaderboard_dir) / 'figures' / json_path.stem}"
+                        if config.figures else ""))
     for line in failed:
         print(f"wsss-bench run: failed: {line}", file=sys.stderr)
     if failed:
@@ -477,7 +480,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
         config = replace(config, workdir=args.workdir)
     reporter = Reporter(quiet=args.quiet)
     outcome = execute(config, load_registry(), reporter, stored_only=command)
-    publish(config, outcome, [], {})
+    publish(config, outcome, [], {}, reporter)
     where = Path(args.leaderboard_dir) / "figures" / config.leaderboard_name
     reporter.summary(f"figures written to {where}")
 

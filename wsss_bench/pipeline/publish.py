@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,28 +170,37 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
         header["deviations"] = [dataclasses.asdict(d)
                                 for d in deviations.for_run(config.dataset)]
         header["preset_overrides"] = presets.overrides(config, registry)
-    board = publish(config, outcome, found_rows, header)
+    board = publish(config, outcome, found_rows, header, reporter)
     if outcome.failures:  # published what is whole; the caller reports the rest
         raise RunIncomplete(outcome.failures, board)
     return board
 
 
 def publish(config: RunConfig, outcome: Any, rows: list[dict[str, Any]],
-            header: dict[str, Any]) -> dict[str, Any]:
+            header: dict[str, Any], reporter: Reporter | None = None) -> dict[str, Any]:
     """Merge ``rows`` into the run's leaderboard; with ``config.figures``, draw the run's
     figures first (the board lists them) and the board's ranking after."""
     name = config.leaderboard_name or config.dataset
     draw = config.figures and outcome.plan is not None
+    seconds = 0.0
     if draw:
         from wsss_bench.figures import from_run
 
+        start = time.perf_counter()
         out = from_run.figure_dir(config.leaderboard_dir, name)
-        from_run.write_run_figures(outcome.plan, outcome.context, outcome.evaluations, out)
+        drawn = from_run.write_run_figures(outcome.plan, outcome.context, outcome.evaluations,
+                                           out)
         header = {**header, "figures": sorted({*from_run.listed(config.leaderboard_dir, name),
                                                from_run.ranking_link(name)})}
+        seconds = time.perf_counter() - start
     board = leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header,
                                name=config.leaderboard_name,
                                bootstrap=statistics.Bootstrap(resamples=config.bootstrap))
     if draw:
+        start = time.perf_counter()
         from_run.write_ranking(board, Path(config.leaderboard_dir))
+        seconds += time.perf_counter() - start
+        if reporter is not None:
+            reporter.summary(f"[bold]figures[/] {len(drawn) + 1} PNGs in {out} "
+                             f"({seconds:.1f} s)")
     return board

@@ -190,3 +190,21 @@ def test_run_draws_figures_unless_told_not_to(flags, want):
     from wsss_bench.cli import build_parser, run_config
 
     assert run_config(build_parser().parse_args(["run", *flags])).figures is want
+
+
+def test_a_figure_that_cannot_be_drawn_is_a_warning_and_the_board_is_published(
+        made, monkeypatch):
+    tmp, board, _ = made
+    from wsss_bench.figures import draw
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no canvas")
+
+    monkeypatch.setattr(draw, "overlays", broken)
+    with pytest.warns(UserWarning, match=r"overlays-gradcam-none.png: not drawn "
+                                         r"\(RuntimeError: no canvas\)"):
+        again = run_and_publish(config_of(tmp, boards="broken"), wsss_bench.load_registry(),
+                                QUIET, command=COMMAND)
+    assert [r["metrics"] for r in again["rows"]] == [r["metrics"] for r in board["rows"]]
+    names = {Path(f).name for f in again["figures"]}
+    assert "overlays-gradcam-none.png" not in names and "ranking.png" in names

@@ -179,7 +179,7 @@ def lower_quantile(x: np.ndarray, q: float) -> float:
 
 
 def interval(x: np.ndarray, level: float) -> list[float]:
-    a = (1 - level) / 2
+    a = round((1 - level) / 2, 12)
     return [percentile(x, a), percentile(x, 1 - a)]
 
 
@@ -209,7 +209,7 @@ def expected_stats(rows: list[dict], reps: dict[str, np.ndarray],
     n, b = main.shape
     rank = np.array([[1 + sum(main[o, k] > main[r, k] for o in range(n)) for k in range(b)]
                      for r in range(n)])
-    a = (1 - settings.level) / 2
+    a = round((1 - settings.level) / 2, 12)
     out = []
     for r in range(n):
         st = {"ci": {m: interval(reps[m][r], settings.level) for m in METRIC_NAMES},
@@ -948,3 +948,15 @@ def test_find_row_names_the_board(published):
     assert leaderboard.find_row(board, "Twin", where / "stats.json")["method"] == "Twin"
     with pytest.raises(UsageError, match="stats.json: no single row named 'x'"):
         leaderboard.find_row(board, "x", where / "stats.json")
+
+
+def test_levels_are_exact_at_their_boundaries():
+    """1 - 0.95 is 0.050000000000000044 in floating point: an adjusted p of exactly 0.05 is
+    not significant, and the 95 % rank interval of 1,000 resamples runs from the 25th to the
+    975th smallest rank (not the 26th)."""
+    settings = statistics.Bootstrap()
+    assert settings.alpha == 0.05
+    assert statistics._interval(np.arange(1, 1001), 0.95, method="inverted_cdf") == [25, 975]
+    p = [0.01, 0.05 / 4, 0.05 / 4, 0.05 / 4, 0.05 / 4]  # Holm: the last four adjust to 0.05
+    adjusted = statistics.holm(p)
+    assert max(adjusted) == pytest.approx(0.05) and not max(adjusted) < settings.alpha

@@ -7,6 +7,8 @@ one-line error handling of the whole command.)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shlex
 import sys
@@ -442,7 +444,7 @@ def cmd_leaderboard(args: argparse.Namespace, out: Console) -> None:
     if args.bootstrap is not None:
         statistics.annotate(board, statistics.Bootstrap(resamples=args.bootstrap))
     if args.format == "json":
-        print(json.dumps(board, indent=2))
+        print(leaderboard.dumps(board), end="")
     elif args.format == "csv":
         print(leaderboard.render_csv(board), end="")
     elif args.format == "md":
@@ -470,12 +472,13 @@ def cmd_figures(args: argparse.Namespace) -> None:
         raise UsageError(f"{json_path}: the board records no `wsss-bench run` command to "
                          f"replay; run it again to draw its figures")
     try:
-        run_args = build_parser().parse_args(shlex.split(command)[1:])
+        with contextlib.redirect_stderr(io.StringIO()):  # one line, ours, not argparse's usage
+            run_args = build_parser().parse_args(shlex.split(command)[1:])
     except SystemExit:
         raise UsageError(f"{json_path}: its command {command!r} does not parse with this "
                          f"wsss-bench; run it again") from None
     config = replace(run_config(run_args), leaderboard_dir=args.leaderboard_dir, figures=True,
-                     leaderboard_name=board.get("name") or board["dataset"])
+                     leaderboard_name=board.get("name") or board["dataset"], force=())
     if args.workdir:
         config = replace(config, workdir=args.workdir)
     reporter = Reporter(quiet=args.quiet)

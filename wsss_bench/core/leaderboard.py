@@ -245,7 +245,7 @@ def p_text(p: float, board: dict[str, Any]) -> str:
     if p == 0:
         resamples = (board.get("statistics") or {}).get("resamples") or 0
         return f"<{1 / resamples:.2g}" if resamples else "0"
-    return f"{p:.3f}"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
 
 
 def stat_cells(row: dict[str, Any], board: dict[str, Any]) -> list[str]:

@@ -47,7 +47,8 @@ class Bootstrap:
 
     @property
     def alpha(self) -> float:
-        return 1.0 - self.level
+        """The significance level ``1 - level`` (0.05, not 0.050000000000000044)."""
+        return round(1.0 - self.level, 12)
 
     def header(self) -> dict[str, Any]:
         """What a board records about how its statistics were made."""
@@ -198,7 +199,7 @@ def ranks(values: np.ndarray) -> np.ndarray:
 
 
 def _interval(x: np.ndarray, level: float, **kw: Any) -> list[float]:
-    a = (1.0 - level) / 2.0
+    a = round((1.0 - level) / 2.0, 12)  # 0.025 exactly: the 25th of 1000 ranks, not the 26th
     return [float(v) for v in np.quantile(x, [a, 1.0 - a], **kw)]
 
 

@@ -51,38 +51,49 @@ def listed(leaderboard_dir: Path | str, name: str) -> list[str]:
 
 
 def write_run_figures(plan: Plan, ctx: Context, evaluations: list[tuple[EvalUnit, list[dict]]],
-                      out: Path) -> list[Path]:
-    """Overlays, landscapes and training curves of a run whose units are all stored."""
+                      out: Path, problems: list[str] | None = None) -> list[Path]:
+    """Overlays, landscapes and training curves of a run's whole methods. A figure that
+    cannot be drawn is left out and one line about it added to ``problems``: figures never
+    stop a run from publishing its numbers."""
     out.mkdir(parents=True, exist_ok=True)
+    problems = [] if problems is None else problems
     seed = plan.seeds[0]
     mine = [(u, r) for u, r in evaluations if u.seed == seed]
     note = f" (seed {seed} of {len(plan.seeds)})" if len(plan.seeds) > 1 else ""
-    written = []
+    written: list[Path] = []
+
+    def attempt(path: Path, make: Any) -> None:
+        try:
+            make(path)
+        except Exception as exc:  # noqa: BLE001 - a figure is reported, never fatal
+            problems.append(f"{path.name}: not drawn ({type(exc).__name__}: {exc})")
+        else:
+            written.append(path)
+
     for cam in plan.config.cams:
         for filt in plan.config.filters:
             methods = [(u, r) for u, r in mine if u.cam == cam and u.filter == filt]
             if methods:
-                path = out / f"overlays-{slug(cam)}-{slug(filt)}.png"
-                draw.overlays(path, overlay_slices(plan, ctx, methods),
-                              f"{plan.config.dataset}: {cam} CAMs, filter {filt}{note}")
-                written.append(path)
+                attempt(out / f"overlays-{slug(cam)}-{slug(filt)}.png",
+                        lambda p, m=methods, c=cam, f=filt: draw.overlays(
+                            p, overlay_slices(plan, ctx, m),
+                            f"{plan.config.dataset}: {c} CAMs, filter {f}{note}"))
     for unit, results in _per_method(mine):
-        name = leaderboard.tagged(unit.ensemble, {}) if unit.ensemble else unit.group[0]
-        method = f"{name}({','.join(unit.group)})" if unit.ensemble else name
-        path = out / f"landscape-{slug(method)}-{slug(unit.cam)}-{slug(unit.filter)}.png"
+        method = (f"{unit.ensemble}({','.join(unit.group)})" if unit.ensemble
+                  else unit.group[0])
         grids = landscape_grids(plan, ctx, results)
-        if grids:
-            scores = grids[0].scores
-            names = list(unit.group) if scores.ndim == len(unit.group) else [method]
-            draw.landscape(path, grids, list(plan.grid), names, plan.config.select_by,
-                           f"{method} / {unit.cam} / {unit.filter}: {plan.config.select_by} on "
-                           f"the training slices{note}")
-            written.append(path)
+        if not grids or grids[0].scores.ndim > 3:  # no stored grid, or too many dimensions
+            continue
+        names = list(unit.group) if grids[0].scores.ndim == len(unit.group) else [method]
+        attempt(out / f"landscape-{slug(method)}-{slug(unit.cam)}-{slug(unit.filter)}.png",
+                lambda p, g=grids, n=names, u=unit, m=method: draw.landscape(
+                    p, g, list(plan.grid), n, plan.config.select_by,
+                    f"{m} / {u.cam} / {u.filter}: {plan.config.select_by} on the training "
+                    f"slices{note}"))
     histories = training_histories(plan, ctx, seed)
     if histories:
-        path = out / "curves-training.png"
-        draw.training_curves(path, histories, f"{plan.config.dataset}: training{note}")
-        written.append(path)
+        attempt(out / "curves-training.png", lambda p: draw.training_curves(
+            p, histories, f"{plan.config.dataset}: training{note}"))
     return written
 
 
@@ -132,8 +143,8 @@ def training_histories(plan: Plan, ctx: Context, seed: int) -> dict[str, list[li
     units made before validation was recorded)."""
     out: dict[str, list[list[dict]]] = {}
     for unit in plan.train:
-        if unit.seed != seed:
-            continue
+        if unit.seed != seed or not (ctx.store_root / "train" / unit.key / "unit.json").is_file():
+            continue  # a unit that failed in this run
         info = _unit_info(ctx, "train", unit.key)
         history = info.get("history") or [{"train_loss": v} for v in info.get("losses", [])]
         out.setdefault(unit.backbone, []).append(history)

@@ -43,7 +43,7 @@ def _landscape(ctx: Context, scores: np.ndarray) -> dict[str, Any]:
     """The selection metric over the threshold grid on the fold's training slices (one axis
     per threshold; the paper's Fig. 6), as stored with the unit's results."""
     return {"metric": ctx.plan.config.select_by, "thresholds": [float(t) for t in ctx.plan.grid],
-            "scores": np.asarray(scores, dtype=np.float64).tolist()}
+            "scores": np.asarray(scores, dtype=np.float64)}  # stored as grid.npy
 
 
 def empty(ctx: Context, fold: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,28 +180,38 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
 def publish(config: RunConfig, outcome: Any, rows: list[dict[str, Any]],
             header: dict[str, Any], reporter: Reporter | None = None) -> dict[str, Any]:
     """Merge ``rows`` into the run's leaderboard; with ``config.figures``, draw the run's
-    figures first (the board lists them) and the board's ranking after."""
+    figures first (the board lists them) and the board's ranking after. The ranking of a
+    board that lists one is redrawn by every update, so it never shows older numbers. A
+    figure that cannot be drawn is a warning line, never an error."""
+    from wsss_bench.figures import from_run
+
     name = config.leaderboard_name or config.dataset
     draw = config.figures and outcome.plan is not None
-    seconds = 0.0
+    problems: list[str] = []
+    start = time.perf_counter()
+    drawn: list[Path] = []
     if draw:
-        from wsss_bench.figures import from_run
-
-        start = time.perf_counter()
         out = from_run.figure_dir(config.leaderboard_dir, name)
         drawn = from_run.write_run_figures(outcome.plan, outcome.context, outcome.evaluations,
-                                           out)
+                                           out, problems)
+    seconds = time.perf_counter() - start
+    if draw:
         header = {**header, "figures": sorted({*from_run.listed(config.leaderboard_dir, name),
                                                from_run.ranking_link(name)})}
-        seconds = time.perf_counter() - start
     board = leaderboard.update(Path(config.leaderboard_dir), config.dataset, rows, header,
                                name=config.leaderboard_name,
                                bootstrap=statistics.Bootstrap(resamples=config.bootstrap))
-    if draw:
+    if from_run.ranking_link(name) in (board.get("figures") or []):
         start = time.perf_counter()
-        from_run.write_ranking(board, Path(config.leaderboard_dir))
+        try:
+            drawn.append(from_run.write_ranking(board, Path(config.leaderboard_dir)))
+        except Exception as exc:  # noqa: BLE001 - a figure is reported, never fatal
+            problems.append(f"ranking.png: not drawn ({type(exc).__name__}: {exc})")
         seconds += time.perf_counter() - start
-        if reporter is not None:
-            reporter.summary(f"[bold]figures[/] {len(drawn) + 1} PNGs in {out} "
-                             f"({seconds:.1f} s)")
+    if reporter is not None and drawn:
+        reporter.summary(f"[bold]figures[/] {len(drawn)} PNGs in "
+                         f"{from_run.figure_dir(config.leaderboard_dir, name)} "
+                         f"({seconds:.1f} s)")
+    for line in problems:
+        warnings.warn(f"figure {line}", stacklevel=2)
     return board

@@ -79,11 +79,16 @@ def design(row: dict[str, Any]) -> tuple[tuple[str, ...], ...] | None:
 
 
 def group_key(row: dict[str, Any]) -> str | None:
-    """Rows with the same key are scored on the same cases of the same data: comparable."""
+    """Rows with the same key are scored on the same cases of the same data (case ids, each
+    case's slice count and pixel count, dataset options): comparable."""
     cases = design(row)
     if cases is None:
         return None
-    return json.dumps([cases, row.get("dataset_options") or {}], sort_keys=True)
+    sizes = {}
+    for entry in row["per_case"]:
+        for case, counts, n in zip(entry["ids"], entry["counts"], entry["slices"], strict=True):
+            sizes[f"{entry['fold']}/{case}"] = [int(n), int(sum(counts))]
+    return json.dumps([cases, sizes, row.get("dataset_options") or {}], sort_keys=True)
 
 
 def _columns(entry: dict[str, Any], order: tuple[str, ...]) -> np.ndarray:

@@ -45,6 +45,14 @@ def _ints(text: str) -> tuple[int, ...]:
                                          ) from None
 
 
+def _board_arguments(parser: ArgumentParser, d: Any) -> None:
+    """``--dataset`` and ``--leaderboard-dir``: which stored leaderboard a command reads."""
+    parser.add_argument("--dataset", required=True,
+                        help="dataset name (or the --leaderboard-name the run used)")
+    parser.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
+                        help=f"where the leaderboards are (default {d.leaderboard_dir})")
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -200,10 +208,7 @@ def build_parser() -> ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="print a stored leaderboard",
                         description="Print the leaderboard stored for a dataset.")
-    lb.add_argument("--dataset", required=True,
-                    help="dataset name (or the --leaderboard-name the run used)")
-    lb.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
-                    help=f"where the leaderboards are (default {d.leaderboard_dir})")
+    _board_arguments(lb, d)
     lb.add_argument("--format", choices=["table", "md", "json", "csv", "html"], default="table",
                     help="table (rich, default), md, json, csv or html (the web page)")
     lb.add_argument("--bootstrap", type=_count, metavar="N",
@@ -215,10 +220,7 @@ def build_parser() -> ArgumentParser:
                                     "threshold landscapes, training curves, ranking) from the "
                                     "units its run stored: the board's recorded command is "
                                     "replayed without computing anything.")
-    fg.add_argument("--dataset", required=True,
-                    help="dataset name (or the --leaderboard-name the run used)")
-    fg.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
-                    help=f"where the leaderboards are (default {d.leaderboard_dir})")
+    _board_arguments(fg, d)
     fg.add_argument("--workdir", default=None,
                     help="the run folder holding its units (default: the command's, else "
                          f"{d.workdir})")
@@ -229,12 +231,9 @@ def build_parser() -> ArgumentParser:
                                     "the difference A - B with its bootstrap interval and "
                                     "p-value (cases resampled within folds, both rows on the "
                                     "same resamples), and how many cases each row wins.")
-    cp.add_argument("--dataset", required=True,
-                    help="dataset name (or the --leaderboard-name the run used)")
+    _board_arguments(cp, d)
     cp.add_argument("method_a", metavar="METHOD_A", help="a row's method, as the board shows it")
     cp.add_argument("method_b", metavar="METHOD_B", help="another row's method")
-    cp.add_argument("--leaderboard-dir", default=d.leaderboard_dir,
-                    help=f"where the leaderboards are (default {d.leaderboard_dir})")
     cp.add_argument("--bootstrap", type=_positive_int, default=d.bootstrap, metavar="N",
                     help=f"resamples (default {d.bootstrap})")
     cp.add_argument("--format", choices=["table", "json"], default="table",

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def report_targets(table: str, checks: list[tuple[str, float, float]]) -> None:

@@ -32,14 +32,12 @@ The two are compared per resample (median / resamples), the reference running fa
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.benchmarks.report import report_targets
+from tests.benchmarks.report import cpu_name, report_targets
 from tests.test_statistics import brute_replicates, make_row
 from wsss_bench.core import metrics, statistics
 
@@ -111,22 +109,12 @@ def test_bootstrap_reference(benchmark, board) -> None:
         np.testing.assert_allclose(fast[m], got[m], rtol=0, atol=1e-12)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _table() -> str:
     annotate, reference = MEDIANS["annotate"], MEDIANS["reference"]
     per = {k: MEDIANS[k] / PER_RESAMPLE[k] for k in PER_RESAMPLE}
     return "\n".join([
         f"Bootstrap speed, {FOLDS * CASES_PER_FOLD} cases in {FOLDS} folds × {SLICES_PER_CASE} "
-        f"slices, {ROWS} rows, {_cpu()}, {os.cpu_count()} CPUs, numpy {np.__version__} "
+        f"slices, {ROWS} rows, {cpu_name()}, {os.cpu_count()} CPUs, numpy {np.__version__} "
         f"(medians)",
         "",
         "| variant | resamples | median s | ms per resample (all rows) | × annotate |",

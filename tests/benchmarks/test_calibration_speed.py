@@ -29,14 +29,12 @@ machine's speed hits the compared numbers as little as possible.
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.benchmarks.report import report_targets
+from tests.benchmarks.report import cpu_name, report_targets
 from tests.calibration_oracle import oracle_grid_search
 from wsss_bench.core.calibration import grid_search, threshold_grid
 from wsss_bench_plugins.ensembles import And, Bigger, Or, Smaller
@@ -114,20 +112,10 @@ def test_calibration(benchmark, data, key: str) -> None:
         assert res.scores.shape == (grid.size, grid.size)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _table() -> str:
     lines = [
         f"Calibration speed, {BACKBONES} backbones × {SLICES} slices × {SIZE}×{SIZE}, "
-        f"paper_miou, {_cpu()}, {os.cpu_count()} CPUs, numpy {np.__version__} (medians)",
+        f"paper_miou, {cpu_name()}, {os.cpu_count()} CPUs, numpy {np.__version__} (medians)",
         "",
         "| ensemble | naive 11×11 s | grid_search 11×11 s | speed-up | "
         "grid_search 101×101 s | 101×101 / 11×11 |",

@@ -24,6 +24,7 @@ MAY_NAME_SAMPLE = {
     "tests/data/make_fixture.py": "takes its source as an argument and may name the default",
     "leaderboards/brats-sample.json": "the command that made the committed sample leaderboard",
     "leaderboards/brats-sample.md": "rendered from that JSON: the same command",
+    "leaderboards/brats-sample.html": "the web page rendered from that JSON: the same command",
 }
 # This file names all of FORBIDDEN, to look for them.
 SELF = "tests/test_self_contained.py"

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.benchmarks.memory_stages import SIZE, SLICES
-from tests.benchmarks.test_calibration_speed import _cpu
+from tests.benchmarks.report import cpu_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALES = {"1×": 16, "2×": 32, "4×": 64}  # cases of SLICES slices: 2,000 / 4,000 / 8,000
@@ -99,7 +99,7 @@ def test_memory_targets() -> None:
     if len(RESULTS) < len(SCALES) * len(STAGES):
         pytest.skip("benchmarks disabled or deselected")
     lines = [f"Peak RSS (MiB, VmHWM of a fresh process per stage; base = resident before the "
-             f"stage, after imports), {_cpu()}, {os.cpu_count()} CPUs", "",
+             f"stage, after imports), {cpu_name()}, {os.cpu_count()} CPUs", "",
              "| scale | slices | images MiB | CAMs MiB (one backbone) | "
              + " | ".join(f"{s} peak (base)" for s in STAGES) + " |",
              "|---|---:|---:|---:|" + "---:|" * len(STAGES)]

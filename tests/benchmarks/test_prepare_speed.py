@@ -25,8 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from tests.benchmarks.report import report_targets
-from tests.benchmarks.test_calibration_speed import _cpu
+from tests.benchmarks.report import cpu_name, report_targets
 from wsss_bench.core import slice_cache
 from wsss_bench_plugins.brats import Brats
 
@@ -67,7 +66,7 @@ def test_speed_targets(brats_sample: Path) -> None:
         pytest.skip("benchmarks disabled or deselected")
     n_volumes = len(volumes(brats_sample))
     lines = [f"Preprocessing brats-sample (6 cases, {n_volumes} NIfTI volumes 240×240×155 → 768 "
-             f"slices 128×128 in the cache), {_cpu()}, {os.cpu_count()} CPUs (medians of "
+             f"slices 128×128 in the cache), {cpu_name()}, {os.cpu_count()} CPUs (medians of "
              f"{ROUNDS})", "",
              "| variant | s | volumes/s | cases/s |", "|---|---:|---:|---:|"]
     for v in VARIANTS:

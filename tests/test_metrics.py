@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction as F
 from pathlib import Path
 
@@ -233,3 +234,30 @@ def test_real_brats_empty_prediction_paper_dsc(brats_sample: Path) -> None:
     assert got["dice_slice"] == pytest.approx(np.mean(~gt.any(axis=(1, 2))), abs=1e-12)
     assert 0.0 < got["dice_slice"] < 1.0
     assert metrics.slice_counts(np.zeros_like(gt), gt).sum() == gt.size
+
+
+def test_real_brats_per_case_tables_reproduce_every_metric(brats_sample: Path) -> None:
+    """On the six real BraTS cases, with a prediction that overlaps the tumour in part: the
+    per-case table gives the fold's metrics bit for bit, each case alone equals scoring its
+    slices alone, and a multiset of cases equals its slices repeated."""
+    gt, ids = _load_brats_whole_tumour(brats_sample)
+    pred = np.roll(gt, 3, axis=2) | (np.arange(gt.shape[1])[None, :, None] % 17 == 0)
+    table = metrics.case_table(metrics.slice_counts(pred, gt), ids)
+    assert metrics.case_problem(table) is None and len(table["ids"]) == 6
+    assert metrics.metrics_of_cases(table) == score(pred, gt, ids)
+    assert json.loads(json.dumps(table)) == table
+    weights = np.array([2, 0, 1, 3, 1, 0])
+    picks = np.concatenate([np.flatnonzero(ids == c) for c, w in zip(table["ids"], weights,
+                                                                      strict=True)
+                            for _ in range(w)])
+    repeated_ids = np.concatenate([np.full((ids == c).sum(), f"{c}#{k}")
+                                   for c, w in zip(table["ids"], weights, strict=True)
+                                   for k in range(w)])
+    want = score(pred[picks], gt[picks], repeated_ids)
+    got = metrics.metrics_of_cases(table, weights)
+    for name in metrics.METRIC_NAMES:
+        assert got[name] == pytest.approx(want[name], abs=1e-12), name
+    for i, case in enumerate(table["ids"]):
+        alone = metrics.metrics_of_cases(table, np.eye(6, dtype=int)[i])
+        mine = ids == case
+        assert alone == pytest.approx(score(pred[mine], gt[mine], ids[mine]), abs=1e-12)

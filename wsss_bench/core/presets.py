@@ -33,6 +33,7 @@ _COMMON: dict[str, Any] = {
     "cams": ("gradcam",),
     "ensembles": ("and", "or", "smaller", "bigger"),
     "threshold_step": 0.1,
+    "lr": 1e-3,  # SGD, momentum 0.9 (the authors' train.py)
     "folds": 3,
     "cam_target": "predicted",
     "gate": False,

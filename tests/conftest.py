@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the default run's two backbones, for tests that read the rows of a default run
+FIRST, SECOND = "timm:test_resnet", "timm:test_byobnet"
 DATA_ENV = "WSSS_BENCH_TEST_DATA"
 REQUIRE_ENV = "WSSS_BENCH_REQUIRE_DATA"
 DEFAULT_TEST_DATA = ROOT.parent / "shared" / "data"

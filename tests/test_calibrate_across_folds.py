@@ -16,6 +16,8 @@ from wsss_bench.core import calibration
 from wsss_bench.core.metrics import score
 from wsss_bench.registry import load_registry
 
+from .conftest import FIRST, SECOND
+
 ENSEMBLES = load_registry().ensembles
 GRID = calibration.threshold_grid(0.25)
 
@@ -107,12 +109,12 @@ def test_across_folds_run_uses_one_tuple_per_row_with_its_own_units(tmp_path):
     assert len(across_units) == len(per_fold_units)  # same methods × folds, other keys
     board = json.loads((tmp_path / "b" / "phantom.json").read_text())
     rows = {r["method"]: r for r in board["rows"] if r["source"] == "measured"}
-    assert rows["resnet18 / gradcam / none"]["run"]["config"]["calibrate"] == "across-folds"
+    assert rows[f"{FIRST} / gradcam / none"]["run"]["config"]["calibrate"] == "across-folds"
     for method, row in rows.items():
         if method != "Empty":
             assert len(row["thresholds"]) == 3
             assert all(t == row["thresholds"][0] for t in row["thresholds"]), method
-    check_against_stored_cams(tmp_path / "w", rows["and(resnet18,resnet34) / gradcam / none"])
+    check_against_stored_cams(tmp_path / "w", rows[f"and({FIRST},{SECOND}) / gradcam / none"])
     made = {p.name: (p / "unit.json").stat().st_mtime_ns for p in evaluate.iterdir()
             if (p / "unit.json").exists()}
     assert run_main([*common, "--calibrate", "across-folds", "--leaderboard-dir",

@@ -12,6 +12,8 @@ import pytest
 from wsss_bench.cli import main
 from wsss_bench.core.metrics import METRIC_NAMES
 
+from .conftest import FIRST, SECOND
+
 SMALL = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=8", "--folds", "2", "--epochs", "1",
          "--batch-size", "8", "-q"]
 # the end-to-end runs below check names, schemas and merges, which hold for any slice size:
@@ -227,16 +229,16 @@ def test_end_to_end_run_with_a_third_party_plugin(use_dist, tmp_path):
     expected = {"Empty"} | {
         f"{core} / {cam} / none"
         for cam in ("gradcam", "activation-mean")
-        for core in ("resnet18", "resnet34", "and(resnet18,resnet34)", "or(resnet18,resnet34)",
-                     "first(resnet18,resnet34)")}
-    assert methods == expected
+        for core in (FIRST, SECOND, f"and({FIRST},{SECOND})", f"or({FIRST},{SECOND})",
+                     f"first({FIRST},{SECOND})")}
+    assert methods == expected, sorted(methods)
     for row in board["rows"]:
         _check_row_schema(row, n_folds=2)
     rows = {r["method"]: r for r in board["rows"]}
-    # 'first' keeps the first backbone's mask: with its own thresholds it matches resnet18 alone
-    # whenever the calibration picks the same first threshold.
-    first, single = rows["first(resnet18,resnet34) / gradcam / none"], rows[
-        "resnet18 / gradcam / none"]
+    # 'first' keeps the first backbone's mask: with its own thresholds it matches that backbone
+    # alone whenever the calibration picks the same first threshold.
+    first, single = rows[f"first({FIRST},{SECOND}) / gradcam / none"], rows[
+        f"{FIRST} / gradcam / none"]
     for fold in range(2):
         if first["thresholds"][fold][0] == single["thresholds"][fold][0]:
             assert first["metrics"]["paper_miou"]["folds"][fold] == pytest.approx(
@@ -254,14 +256,14 @@ def test_end_to_end_run_with_a_third_party_plugin(use_dist, tmp_path):
     shown = cli("leaderboard", "--dataset", "phantom", "--leaderboard-dir", str(lb), "--format",
                 "json")
     assert json.loads(shown.stdout) == board
-    again = cli("run", *TINY, "--backbones", "resnet18,resnet34", "--ensembles", "and",
+    again = cli("run", *TINY, "--ensembles", "and",
                 "--seed", "1", "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb),
                 env=env)
     assert again.returncode == 0, again.stderr
     merged = {r["method"]: r for r in json.loads((lb / "phantom.json").read_text())["rows"]}
     assert set(merged) == methods
-    assert merged["and(resnet18,resnet34) / gradcam / none"]["run"]["seed"] == 1
-    assert merged["or(resnet18,resnet34) / gradcam / none"]["run"]["seed"] == 0
+    assert merged[f"and({FIRST},{SECOND}) / gradcam / none"]["run"]["seed"] == 1
+    assert merged[f"or({FIRST},{SECOND}) / gradcam / none"]["run"]["seed"] == 0
 
 
 @pytest.mark.slow

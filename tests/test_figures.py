@@ -22,6 +22,8 @@ from wsss_bench.pipeline.publish import run_and_publish
 from wsss_bench.pipeline.run import execute
 from wsss_bench.pipeline.settings import RunConfig
 
+from .conftest import FIRST, SECOND
+
 QUIET = Reporter(quiet=True)
 EPOCHS = 2
 COMMAND = ("wsss-bench run -o phantom.n_cases=6 -o phantom.n_slices=8 -o phantom.size=32 "
@@ -52,8 +54,9 @@ def decode(data: bytes) -> np.ndarray:
 def test_every_figure_is_drawn_listed_and_linked(made):
     tmp, board, pngs = made
     want = {"overlays-gradcam-none.png", "curves-training.png", "ranking.png",
-            "landscape-resnet18-gradcam-none.png", "landscape-resnet34-gradcam-none.png",
-            "landscape-and-resnet18-resnet34-gradcam-none.png"}
+            f"landscape-{from_run.slug(FIRST)}-gradcam-none.png",
+            f"landscape-{from_run.slug(SECOND)}-gradcam-none.png",
+            f"landscape-and-{from_run.slug(FIRST)}-{from_run.slug(SECOND)}-gradcam-none.png"}
     assert set(pngs) == want
     for name, data in pngs.items():
         image = decode(data)
@@ -88,7 +91,7 @@ def test_landscapes_mark_the_thresholds_each_fold_chose_and_curves_have_every_ep
             assert panel.scores[best] == panel.scores[panel.chosen]
         assert np.array_equal(panels[-1].scores, (panels[0].scores + panels[1].scores) / 2)
     histories = from_run.training_histories(outcome.plan, outcome.context, 0)
-    assert set(histories) == {"resnet18", "resnet34"}
+    assert set(histories) == {FIRST, SECOND}
     for per_fold in histories.values():
         assert len(per_fold) == 2
         assert all(len(h) == EPOCHS and {"train_loss", "val_loss", "val_accuracy"} <= set(h[0])

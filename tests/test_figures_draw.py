@@ -201,14 +201,30 @@ def test_landscape_curve_for_one_threshold(tmp_path):
     fig, axes, data = build(draw._landscape_figure, gs, THRESHOLDS,
                             ["mean(resnet18, densenet121)"], "paper_dsc", "t")
     assert_written(path, data)
-    assert decode(path).shape[:2][::-1] == landscape_size(2, 1, G) == (900, 400)
-    curve, star = axes[0].lines[0], axes[0].lines[-1]
-    assert list(curve.get_xdata()) == THRESHOLDS
-    assert np.allclose(curve.get_ydata(), gs[0].scores)
-    assert star.get_marker() == "*"
+    assert decode(path).shape[:2][::-1] == landscape_size(2, 1, G) == (750, 450)
+    assert landscape_size(4, 1, G) == (750, 450)  # one panel, whatever the number of grids
+    assert axes[0] is axes[1]  # all grids' curves in one panel
+    curves = [line for line in axes[0].lines if line.get_marker() == "o"]
+    stars = [line for line in axes[0].lines if line.get_marker() == "*"]
+    assert [c.get_label() for c in curves] == [f"fold 0: chosen ({THRESHOLDS[2]:g}) = "
+                                               f"{gs[0].scores[2]:.3f}", "mean"]
+    for curve, grid in zip(curves, gs, strict=True):
+        assert list(curve.get_xdata()) == THRESHOLDS
+        assert np.allclose(curve.get_ydata(), grid.scores)
+    assert curves[1].get_color() == "black"  # the last grid (the mean)
+    [star] = stars  # the mean has no chosen point
     assert list(star.get_xdata()) == [THRESHOLDS[2]]
     assert list(star.get_ydata()) == [gs[0].scores[2]]
-    assert all(line.get_marker() != "*" for line in axes[1].lines)  # the mean: none chosen
+    assert [t.get_text().replace("\n", " ") for t in axes[0].get_legend().get_texts()] == [
+        c.get_label() for c in curves]
+
+
+def test_heat_maps_share_one_colour_bar(tmp_path):
+    fig, axes, _ = build(draw._landscape_figure, grids(2, (1, 4)) * 2, THRESHOLDS, NAMES[:2],
+                         "paper_dsc", "t")
+    bars = [ax for ax in fig.axes if ax not in axes]
+    assert len(axes) == 4 and len(bars) == 1
+    assert {tuple(a.images[0].get_clim()) for a in axes} == {bars[0].get_ylim()}
 
 
 def test_landscape_sizes_and_errors(tmp_path):

@@ -201,7 +201,7 @@ def test_a_unit_that_fails_for_good_keeps_the_finished_units(tmp_path, capsys):
     work = tmp_path / "w"
     code = run_main(["run", "-o", "phantom.n_cases=6", "-o", "phantom.n_slices=4", "-o",
                      "phantom.size=32", "--folds", "2", "--epochs", "1", "--batch-size", "8",
-                     "-q", "--ensembles", "",
+                     "-q", "--ensembles", "", "--backbones", "resnet18,resnet34",
                      "--weights", str(weights), "--workdir", str(work), "--leaderboard-dir",
                      str(tmp_path / "b"), "--devices", "cpu,cpu"])
     err = capsys.readouterr().err.strip().splitlines()

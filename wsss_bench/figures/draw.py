@@ -54,8 +54,9 @@ CHOSEN_COLOUR = "#ff2020"
 _OV_TITLE, _OV_HEADER, _OV_LABEL, _OV_PANEL, _OV_CAPTION, _OV_PAD = 0.5, 0.5, 1.5, 2.0, 0.25, 0.25
 # landscapes
 _LS_TITLE, _LS_COLS = 0.5, 3
-_LS1_W, _LS1_H = 4.5, 3.5  # one curve panel
-_LS2_W, _LS2_H = 5.25, 4.75  # one heat map panel with its colour bar
+_LS1_W, _LS1_H = 7.5, 4.0  # the one curve panel, all grids in it, its legend at the right
+_LS1_AXES_W = 3.9
+_LS2_W, _LS2_H = 5.25, 4.75  # one heat map panel and room for a colour bar (one per figure)
 _LS3_LEFT, _LS3_MAX_W, _LS3_RIGHT = 1.0, 14.0, 1.0  # a row of G small heat maps a grid
 # training curves
 _TC_TITLE, _TC_W, _TC_H = 0.5, 4.5, 3.0
@@ -309,16 +310,17 @@ def _landscape_layout(n_grids: int, m: int, g: int) -> tuple[float, float, int, 
         row_h = _quarter(g * cell + 1.0)
         width = _quarter(_LS3_LEFT + _mosaic_columns(g) * cell + _LS3_RIGHT)
         return width, _LS_TITLE + n_grids * row_h, 1, row_h
+    if m == 1:
+        return _LS1_W, _LS_TITLE + _LS1_H, 1, _LS1_H
     cols = min(n_grids, _LS_COLS)
     rows = math.ceil(n_grids / cols)
-    w, h = (_LS1_W, _LS1_H) if m == 1 else (_LS2_W, _LS2_H)
-    return cols * w, _LS_TITLE + rows * h, cols, h
+    return cols * _LS2_W, _LS_TITLE + rows * _LS2_H, cols, _LS2_H
 
 
 def landscape_size(n_grids: int, m: int, g: int) -> tuple[int, int]:
     """Pixel size (width, height) of :func:`landscape` for ``n_grids`` grids of M backbones
-    over G thresholds (M = 1, 2: up to 3 panels a row; M = 3: one row a grid, its G panels
-    side by side within 14 inches)."""
+    over G thresholds (M = 1: one panel for all grids; M = 2: up to 3 panels a row; M = 3:
+    one row a grid, its G panels side by side within 14 inches)."""
     width, height, _, _ = _landscape_layout(n_grids, m, g)
     return _pixels(width, height)
 
@@ -328,10 +330,12 @@ def landscape(path: str | Path, grids: Sequence[LandscapeGrid], thresholds: Sequ
               cell_values: bool | None = None) -> None:
     """Write the threshold landscape (the paper's Fig. 6) of one ensemble to ``path``: one
     panel per grid (per fold and the mean). ``names``: the M backbones (the axes), ``metric``:
-    the score's name. M = 1: the metric over the thresholds, the chosen point starred; M = 2: a
-    heat map (rows: the first backbone's threshold, increasing upwards; columns: the second's)
-    with a colour bar, the values in the cells (G <= 15) and the chosen cell outlined; M = 3:
-    one small heat map per value of the third threshold, side by side. Other M: ValueError.
+    the score's name. M = 1: one curve per grid over the thresholds in one panel, each grid's
+    chosen point starred, the last grid (the mean) in black; M = 2: a heat map per grid (rows:
+    the first backbone's threshold, increasing upwards; columns: the second's), the values in
+    the cells (G <= 15), the chosen cell outlined, one colour bar for all (they share the
+    scale); M = 3: one small heat map per value of the third threshold, side by side. Other
+    M: ValueError.
     ``cell_values``: write the values in the M = 2 cells (default: when G <= 15)."""
     _write(path, _landscape_figure, grids, thresholds, names, metric, title, cell_values)
 
@@ -440,8 +444,9 @@ def cell_box(ax: Axes, row: int, col: int) -> tuple[float, float, float, float]:
 def _landscape_figure(grids: Sequence[LandscapeGrid], thresholds: Sequence[float],
                       names: Sequence[str], metric: str, title: str,
                       cell_values: bool | None = None) -> tuple[Figure, list[Axes]]:
-    """The landscape figure and its data axes, one per grid (M = 3: the G panels side by
-    side in one axes, see :func:`mosaic_column`)."""
+    """The landscape figure and its data axes, one per grid (M = 1: the same axes for every
+    grid, its curves labelled with the grids' labels; M = 3: the G panels side by side in one
+    axes, see :func:`mosaic_column`)."""
     g, m, arrays = _check_grids(grids, thresholds, names)
     width, height, cols, row_h = _landscape_layout(len(grids), m, g)
     fig = _new_figure(width, height)
@@ -452,22 +457,29 @@ def _landscape_figure(grids: Sequence[LandscapeGrid], thresholds: Sequence[float
     out: list[Axes] = []
     for n, (grid, scores) in enumerate(zip(grids, arrays, strict=True)):
         if m == 1:
-            left, top = (n % cols) * _LS1_W, _LS_TITLE + (n // cols) * _LS1_H
-            ax = _add_axes(fig, left + 0.85, top + 0.4, _LS1_W - 1.15, _LS1_H - 1.15)
-            ax.plot(list(thresholds), scores, marker="o", markersize=3, color="C0")
+            if not out:
+                ax = _add_axes(fig, 0.85, _LS_TITLE + 0.4, _LS1_AXES_W, _LS1_H - 1.15)
+                pad = 0.05 * (high - low)
+                ax.set_ylim(low - pad, high + pad)
+                ax.set_xlabel(f"{_short(names[0], 30)} threshold", fontsize=8)
+                ax.set_ylabel(metric, fontsize=8)
+                ax.tick_params(labelsize=7)
+                ax.grid(True, alpha=0.3)
+            ax = out[0] if out else ax
+            last = n == len(grids) - 1 and len(grids) > 1
+            colour = "black" if last else _fold_colour(n)
+            ax.plot(list(thresholds), scores, marker="o", markersize=3, color=colour,
+                    linewidth=2.0 if last else 1.2, label=_chosen_text(grid, scores, thresholds))
             if grid.chosen is not None:
                 i = int(grid.chosen[0])
-                ax.axvline(thresholds[i], color=CHOSEN_COLOUR, linestyle=":", linewidth=1)
                 ax.plot([thresholds[i]], [scores[i]], marker="*", markersize=13,
-                        color=CHOSEN_COLOUR, linestyle="none", zorder=5)
-            pad = 0.05 * (high - low)
-            ax.set_ylim(low - pad, high + pad)
-            ax.set_xlabel(f"{_short(names[0], 30)} threshold", fontsize=8)
-            ax.set_ylabel(metric, fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, alpha=0.3)
-            ax.set_title(_chosen_text(grid, scores, thresholds), fontsize=9)
+                        color=colour, markeredgecolor=CHOSEN_COLOUR, linestyle="none",
+                        zorder=5)
             out.append(ax)
+            if n == len(grids) - 1:
+                curves = [line for line in ax.lines if line.get_marker() == "o"]
+                ax.legend(curves, [_wrap(c.get_label(), 32) for c in curves], loc="upper left",
+                          bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
         elif m == 2:
             left, top = (n % cols) * _LS2_W, _LS_TITLE + (n // cols) * _LS2_H
             side = _LS2_H - 1.25
@@ -479,10 +491,11 @@ def _landscape_figure(grids: Sequence[LandscapeGrid], thresholds: Sequence[float
             ax.set_ylabel(f"{_short(names[0], 30)} threshold", fontsize=8)
             ax.set_xlabel(f"{_short(names[1], 30)} threshold", fontsize=8)
             ax.set_title(_chosen_text(grid, scores, thresholds), fontsize=9)
-            cax = _add_axes(fig, left + 0.85 + side + 0.1, top + 0.4, 0.12, side)
-            bar = fig.colorbar(image, cax=cax)
-            bar.set_label(metric, fontsize=8)
-            bar.ax.tick_params(labelsize=7)
+            if n == min(len(grids), cols) - 1:  # one bar, beside the first row's last panel
+                cax = _add_axes(fig, left + 0.85 + side + 0.1, top + 0.4, 0.12, side)
+                bar = fig.colorbar(image, cax=cax)
+                bar.set_label(metric, fontsize=8)
+                bar.ax.tick_params(labelsize=7)
             out.append(ax)
         else:
             top = _LS_TITLE + n * row_h

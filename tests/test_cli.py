@@ -293,8 +293,7 @@ def test_run_evaluates_each_cam_and_records_plugin_options(tmp_path):
 @pytest.mark.slow
 def test_run_with_every_ensemble_and_filter(tmp_path):
     lb = tmp_path / "lb"
-    done = cli("run", *TINY, "--backbones", "resnet18,resnet34",
-               "--ensembles", "and,or,smaller,bigger,vote,mean",
+    done = cli("run", *TINY, "--ensembles", "and,or,smaller,bigger,vote,mean",
                "--filters", "none,center-box,brain,brain-band,learned-box",
                "-o", "center-box.side=0.75", "--select-by", "dice_volume",
                "--workdir", str(tmp_path / "w"), "--leaderboard-dir", str(lb), env=one_thread())
@@ -305,14 +304,14 @@ def test_run_with_every_ensemble_and_filter(tmp_path):
     for f in filters:
         shown = "center-box[side=0.75]" if f == "center-box" else f  # its non-default option
         for core in cores:
-            row = rows[f"{core}resnet18,resnet34) / gradcam / {shown}"]
+            row = rows[f"{core}{FIRST},{SECOND}) / gradcam / {shown}"]
             if core == "mean(":  # one threshold for the fused CAM
                 assert all(len(t) == 1 for t in row["thresholds"])
             else:
                 _check_row_schema(row, n_folds=2)
             assert row["run"]["config"]["select_by"] == "dice_volume"
-    assert rows["<(resnet18,resnet34) / gradcam / none"]["ensemble"] == "smaller"
-    assert rows["and(resnet18,resnet34) / gradcam / center-box[side=0.75]"]["run"]["plugins"][
+    assert rows[f"<({FIRST},{SECOND}) / gradcam / none"]["ensemble"] == "smaller"
+    assert rows[f"and({FIRST},{SECOND}) / gradcam / center-box[side=0.75]"]["run"]["plugins"][
         "center-box"]["side"] == 0.75
     md = (lb / "phantom.md").read_text()
-    assert "| <(resnet18,resnet34) / gradcam / none |" in md
+    assert f"| <({FIRST},{SECOND}) / gradcam / none |" in md

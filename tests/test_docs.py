@@ -22,7 +22,7 @@ def readme_commands() -> list[str]:
 
 def test_readme_starts_with_install_and_run_then_test_command():
     install, test = readme_commands()
-    assert 'pip install -e ".[test]"' in install and install.endswith("wsss-bench run")
+    assert "pip install -e . &&" in install and install.endswith("wsss-bench run")
     assert test.endswith("python -m pytest -n 2") and ".[test,peers,ray]" in test
 
 

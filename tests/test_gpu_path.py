@@ -11,6 +11,7 @@ import timm
 import torch
 
 import wsss_bench
+from tests.conftest import FIRST
 from tests.test_cli import SMALL, run_main
 from wsss_bench.core.training import TrainConfig, train_classifier
 from wsss_bench.runner import compute_cams, predict
@@ -75,7 +76,7 @@ def test_cams_with_channels_last_and_amp(cam_name):
 @pytest.mark.slow
 def test_run_with_amp_and_channels_last_records_them(tmp_path):
     boards = tmp_path / "b"
-    assert run_main(["run", *SMALL, "--backbones", "resnet18", "--ensembles", "", "--amp", "on",
+    assert run_main(["run", *SMALL, "--backbones", FIRST, "--ensembles", "", "--amp", "on",
                      "--channels-last", "on", "--workdir", str(tmp_path / "w"),
                      "--leaderboard-dir", str(boards)]) == 0
     row = json.loads((boards / "phantom.json").read_text())["rows"][0]

@@ -40,7 +40,7 @@ class RunConfig:
     ensembles: tuple[str, ...] = ("and", "or")
     filters: tuple[str, ...] = ("none",)
     folds: int = 3
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 16
     image_size: int | None = None
     threshold_step: float = 0.1
@@ -53,7 +53,7 @@ class RunConfig:
     cam_target: str = "positive"
     gate: bool = False
     output_stride: str = "auto"
-    lr: float = 0.01
+    lr: float = 0.02
     precise_bn: str = "on"  # recompute BatchNorm statistics after training (off: the authors')
     calibrate: str = "per-fold"  # thresholds per fold, or one tuple for all folds (paper Fig. 6)
     workers: int | None = None  # processes that decode a file dataset; None = CPU cores (≤ 8)

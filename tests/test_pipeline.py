@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import wsss_bench
+from tests.conftest import FIRST, SECOND
 from tests.test_store import measured, units
 from wsss_bench.core.progress import Reporter
 from wsss_bench.errors import UsageError
@@ -196,34 +197,34 @@ def test_a_unit_that_fails_for_good_keeps_the_finished_units(tmp_path, capsys):
 
     weights = tmp_path / "weights"
     weights.mkdir()
-    (weights / "resnet34.pth").write_bytes(b"not a checkpoint")
-    torch_save_resnet18(weights / "resnet18.pth")
+    (weights / "test_byobnet.pth").write_bytes(b"not a checkpoint")
+    torch_save_test_resnet(weights / "test_resnet.pth")
     work = tmp_path / "w"
     code = run_main(["run", "-o", "phantom.n_cases=6", "-o", "phantom.n_slices=4", "-o",
                      "phantom.size=32", "--folds", "2", "--epochs", "1", "--batch-size", "8",
-                     "-q", "--ensembles", "", "--backbones", "resnet18,resnet34",
+                     "-q", "--ensembles", "",
                      "--weights", str(weights), "--workdir", str(work), "--leaderboard-dir",
                      str(tmp_path / "b"), "--devices", "cpu,cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     failed = [line for line in err if line.startswith("wsss-bench run: failed: ")]
-    trains = [line for line in failed if "train resnet34 fold " in line]
+    trains = [line for line in failed if f"train {SECOND} fold " in line]
     assert len(trains) == 2 and all("UnpicklingError" in line for line in trains), err
     assert all("nothing was stored for it" in line for line in trains)
     assert sum("skipped, it needs CAMs that failed" in line for line in failed) == 2
     assert err[-1].startswith("wsss-bench run: error: 4 unit(s) failed or were skipped")
     assert "Traceback" not in "\n".join(err)
-    assert len(units(work, "train")) == 2  # both of resnet18's units finished and were kept
+    assert len(units(work, "train")) == 2  # both of the first backbone's units were kept
     board = json.loads((tmp_path / "b" / "phantom.json").read_text())
     methods = {r["method"] for r in board["rows"] if r.get("source") == "measured"}
-    assert methods == {"Empty", "resnet18 / gradcam / none"}  # resnet34 gets no row
+    assert methods == {"Empty", f"{FIRST} / gradcam / none"}  # the second gets no row
 
 
-def torch_save_resnet18(path: Path) -> None:
+def torch_save_test_resnet(path: Path) -> None:
     import timm
     import torch
 
-    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), path)
+    torch.save(timm.create_model("test_resnet", pretrained=False).state_dict(), path)
 
 
 # --- a third-party executor ---------------------------------------------------------------

@@ -13,6 +13,10 @@ with ψ = bilinear upsampling ∘ rescale-to-[0, 1] ∘ abs, applied to each cha
 ``nn.BatchNorm2d`` in eval mode, whose effective bias is ``β − μ·γ/√(σ² + ε)``. ``nn.Linear``
 biases after global pooling have no spatial extent and are left out of the map (as in the
 paper and its code). The target layer plays no part.
+
+ψ rescales exactly (no ε), so the map does not depend on the scale of the logits; being
+per channel, it keeps only whether a channel's bias is non-zero, not its size (the bias values
+enter the decomposition, :func:`full_gradients`, whose terms sum to the logit).
 """
 
 from __future__ import annotations

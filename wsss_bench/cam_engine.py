@@ -4,7 +4,8 @@
 and takes ``torch.autograd.grad`` of each sample's target logit with respect to that output
 only. Layers before the target layer run without building an autograd graph, so the cost is
 about one forward pass; no parameter ``.grad`` is touched and the hook is removed even when
-the model raises.
+the model raises. :func:`capture_activations` is the same pass without any gradient, for
+the gradient-free methods.
 """
 
 from __future__ import annotations
@@ -96,6 +97,40 @@ def activations_and_gradients(
     # float32 for the CAM arithmetic even when the forward pass ran in mixed precision
     return Capture(activation.detach().float(), gradients.detach().float(),
                    logits.detach().float(), targets)
+
+
+@dataclass(frozen=True)
+class ForwardCapture:
+    """What a gradient-free CAM method needs from one pass: activation A and the logits."""
+
+    activations: torch.Tensor  # [B,K,h,w]
+    logits: torch.Tensor  # [B,num_classes]
+
+
+def capture_activations(model: nn.Module, target_layer: nn.Module, images: torch.Tensor
+                        ) -> ForwardCapture:
+    """One forward pass without autograd: the target layer's output and the logits.
+
+    The activation is copied inside the hook, so in-place operations after the target layer
+    (``ReLU(inplace=True)``, ``out += x``) cannot change it; the hook is removed even when
+    the model raises, and no gradient is computed.
+    """
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"target layer must output a tensor, got {type(output).__name__}")
+        store["activation"] = output.detach().clone()
+
+    handle = target_layer.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    finally:
+        handle.remove()
+    if "activation" not in store:
+        raise RuntimeError("the target layer was not called during the forward pass")
+    return ForwardCapture(store["activation"].float(), logits.detach().float())
 
 
 def finish_cam(weighted: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -155,7 +155,9 @@ class Cam(Protocol):
     finite, high = lesion. ``target`` is None (each sample's predicted class; the core passes
     it for ``--cam-target predicted``) or an integer ``torch.Tensor[B]`` of class indices on
     the images' device (``--cam-target positive``: all ones, the lesion class). Must leave no
-    hooks and no parameter ``.grad`` behind. No declared attributes.
+    hooks and no parameter ``.grad`` behind. A method defined only for some heads may refuse
+    a model with a one-line ValueError (the original CAM needs global average pooling + one
+    linear layer right after the target layer). No declared attributes.
     """
 
     name: str

@@ -238,26 +238,32 @@ def check_backbone(obj: Any, in_chans: int = 1, size: int = 64, real: str = "32"
 # --- CAM methods ----------------------------------------------------------------------------
 
 class TinyNet(nn.Module):
-    """A small CNN with a conv target layer (``.target``) and a spatially varying head."""
+    """A small CNN with a conv target layer (``.target``) and a spatially varying head;
+    ``linear_head``: global average pooling and the linear classifier right after the target
+    layer instead (a ResNet's head, the only one the original CAM is defined for)."""
 
-    def __init__(self, in_chans: int = 1) -> None:
+    def __init__(self, in_chans: int = 1, linear_head: bool = False) -> None:
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1), nn.ReLU(),
                                       nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.ReLU())
         self.target = nn.Conv2d(6, 8, 3, padding=1)
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU())
-        self.fc = nn.Linear(4, 2)
+        if linear_head:
+            self.head: nn.Module = nn.Identity()
+            self.fc = nn.Linear(8, 2)
+        else:
+            self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 4, 1), nn.ReLU())
+            self.fc = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.head(self.target(self.features(x))).mean(dim=(2, 3)))
 
 
-def tiny_net(seed: int = 0, flat: bool = False) -> TinyNet:
+def tiny_net(seed: int = 0, flat: bool = False, linear_head: bool = False) -> TinyNet:
     """A seeded TinyNet in eval mode; ``flat``: its target layer outputs a constant."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = TinyNet().eval()
+        model = TinyNet(linear_head=linear_head).eval()
     finally:
         torch.random.set_rng_state(generator_state)
     if flat:
@@ -282,17 +288,41 @@ def check_cam(obj: Any, b: int = 4, h: int = 20, w: int = 28) -> None:
     """A CAM method on :func:`tiny_net`, with every target (None, all ones, mixed): float
     [B,H,W] at input resolution, finite, in [0, 1], no hooks or ``.grad`` left, grad mode and
     parameters unchanged; None means each sample's predicted class; samples are independent;
-    a flat activation gives all zeros."""
+    a flat activation gives all zeros.
+
+    Both heads are checked: the spatially varying one and ``linear_head`` (pooling + linear
+    right after the target layer). Every method must run on the linear head; a method defined
+    only for it (the original CAM) may refuse the other with a ValueError, leaving the model
+    clean."""
     c = _Check("cams", obj)
     c.basics()
-    model = tiny_net()
-    before = copy.deepcopy(model.state_dict())
     x = torch.rand(b, 1, h, w, generator=torch.Generator().manual_seed(1))
+    for linear_head in (False, True):
+        _check_cam_on(c, obj, x, linear_head)
+
+
+def _check_cam_on(c: _Check, obj: Any, x: torch.Tensor, linear_head: bool) -> None:
+    b, _, h, w = x.shape
+    model = tiny_net(linear_head=linear_head)
+    head = "linear head" if linear_head else "spatial head"
+    before = copy.deepcopy(model.state_dict())
     maps: dict[str, torch.Tensor] = {}
     for label, target in cam_targets(b).items():
-        cam = c.call(f"cam(target={label})",
-                     lambda t=target: obj.cam(model, model.target, x, t))
-        where = f"cam(target={label})"
+        where = f"cam(target={label}, {head})"
+        if not linear_head and not maps:  # the first call may refuse this head
+            try:
+                cam = obj.cam(model, model.target, x, target)
+            except ValueError:
+                c.that(_hooks(model) == 0, f"{where} refused the head but left hooks")
+                c.that(all(p.grad is None for p in model.parameters()),
+                       f"{where} refused the head but left a parameter .grad")
+                c.that(torch.is_grad_enabled(), f"{where} did not restore grad mode")
+                return
+            except Exception as exc:
+                raise AssertionError(f"{c.label}: {where} raised {type(exc).__name__}: {exc}"
+                                     ) from exc
+        else:
+            cam = c.call(where, lambda t=target: obj.cam(model, model.target, x, t))
         c.that(isinstance(cam, torch.Tensor), f"{where} returned {type(cam).__name__}")
         c.that(tuple(cam.shape) == (b, h, w),
                f"{where} has shape {tuple(cam.shape)}, expected {(b, h, w)} ([B,H,W])")
@@ -308,22 +338,22 @@ def check_cam(obj: Any, b: int = 4, h: int = 20, w: int = 28) -> None:
         c.that(torch.is_grad_enabled(), f"{where} did not restore grad mode")
         maps[label] = cam
     c.that(all(torch.equal(before[k], v) for k, v in model.state_dict().items()),
-           "cam() changed the model's parameters or buffers")
+           f"cam() changed the model's parameters or buffers ({head})")
     with torch.no_grad():
         predicted = model(x).argmax(dim=1)
     by_class = obj.cam(model, model.target, x, predicted)
     c.that(torch.allclose(maps["None"], by_class, atol=1e-5),
-           "target None must mean each sample's predicted class")
+           f"target None must mean each sample's predicted class ({head})")
     mixed = cam_targets(b)["mixed"]
     single = torch.cat([obj.cam(model, model.target, x[i : i + 1], mixed[i : i + 1])
                         for i in range(b)])
     c.that(torch.allclose(maps["mixed"], single, atol=1e-5),
-           "a sample's map depends on the rest of its batch")
-    flat = tiny_net(flat=True)
-    flat_map = c.call("cam() of a flat activation",
+           f"a sample's map depends on the rest of its batch ({head})")
+    flat = tiny_net(flat=True, linear_head=linear_head)
+    flat_map = c.call(f"cam() of a flat activation ({head})",
                       lambda: obj.cam(flat, flat.target, torch.full((2, 1, 16, 16), 0.5)))
     c.that(torch.isfinite(flat_map).all() and not flat_map.any(),
-           "a flat activation must give an all-zero map (never NaN)")
+           f"a flat activation must give an all-zero map, never NaN ({head})")
 
 
 # --- ensembles ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from wsss_bench.cam_engine import (
     smooth_gradients,
 )
 from wsss_bench.options import option
+from wsss_bench_plugins.cams_activation import CAMS as ACTIVATION_CAMS
 from wsss_bench_plugins.cams_fullgrad import CAMS as FULLGRAD_CAMS
 
 
@@ -155,5 +156,5 @@ class LayerCAM:
 @hookimpl
 def register_cams(register) -> None:
     for cam in (GradCAM(), GradCAMPlusPlus(), SmoothGradCAMPlusPlus(), HiResCAM(), XGradCAM(),
-                LayerCAM(), *FULLGRAD_CAMS):
+                LayerCAM(), *ACTIVATION_CAMS, *FULLGRAD_CAMS):
         register(cam)

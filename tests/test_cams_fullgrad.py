@@ -300,7 +300,7 @@ class TokenMixer(nn.Module):
         return self.fc(self.mix(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
 
 
-@pytest.mark.parametrize("case", ["no-bias", "train-mode", "batchnorm-act", "linear-tokens"])
+@pytest.mark.parametrize("case", ["no-bias", "train-mode", "linear-tokens"])
 def test_unsupported_models_are_clear_errors(case):
     x = images(b=2, size=16)
     if case == "no-bias":
@@ -310,15 +310,39 @@ def test_unsupported_models_are_clear_errors(case):
     elif case == "train-mode":
         model = resnet18().train()
         expected = ("resnet18", "BatchNorm2d", "eval")
-    elif case == "batchnorm-act":
-        from timm.layers import BatchNormAct2d
-
-        model = nn.Sequential(nn.Conv2d(1, 4, 3), BatchNormAct2d(4), nn.AdaptiveAvgPool2d(1),
-                              nn.Flatten(), nn.Linear(4, 2)).eval()
-        expected = ("Sequential", "BatchNormAct2d")
     else:
         model = TokenMixer().eval()
         expected = ("TokenMixer", "Linear", "'mix'")
     message = one_line_error(model, x)
     assert all(word in message for word in expected), message
     assert all_hooks(model) == []
+
+
+def test_timm_batchnorm_act_counts_its_bias_before_the_activation():
+    """timm's BatchNormAct2d (test_byobnet, EfficientNets): its term is the gradient w.r.t. the
+    normalised output before the activation, times β − μ·γ/√(σ²+ε) — the same as a plain
+    BatchNorm2d followed by the same activation."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    fused = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), BatchNormAct2d(4),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        bn = fused[1]
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    plain = nn.Sequential(fused[0], nn.BatchNorm2d(4), nn.ReLU(), fused[2], fused[3],
+                          fused[4]).eval()
+    plain[1].load_state_dict(bn.state_dict())
+    x = images(b=3, size=16)
+    assert [type(m) for m in bias_layers(fused)] == [BatchNormAct2d]
+    a, b = full_gradients(fused, x), full_gradients(plain, x)
+    [(bias_a, grad_a)], [(bias_b, grad_b)] = a.bias_terms, b.bias_terms
+    torch.testing.assert_close(bias_a, bias_b)
+    torch.testing.assert_close(grad_a, grad_b)
+    assert grad_a.abs().sum() > 0
+    torch.testing.assert_close(FullGrad().cam(fused, fused[0], x),
+                               FullGrad().cam(plain, plain[0], x))
+    assert all_hooks(fused) == []

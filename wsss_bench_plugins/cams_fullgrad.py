@@ -25,11 +25,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
 from torch import nn
 
 from wsss_bench.cam_engine import Target, finish_cam, resolve_targets
 
-SUPPORTED = "Conv2d, BatchNorm2d in eval mode, and Linear after global pooling"
+SUPPORTED = ("Conv2d, BatchNorm2d and timm's BatchNormAct2d in eval mode, and Linear after "
+             "global pooling")
 _NORMS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm,
                                         nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 
@@ -46,8 +48,9 @@ def _cannot(model: nn.Module, name: str, module: nn.Module, why: str) -> ValueEr
 
 
 def bias_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers whose biases enter the map: plain ``nn.Conv2d`` with a bias and plain
-    ``nn.BatchNorm2d`` using running statistics (eval mode).
+    """The layers whose biases enter the map: plain ``nn.Conv2d`` with a bias, and plain
+    ``nn.BatchNorm2d`` or timm's ``BatchNormAct2d`` using running statistics (eval mode; for
+    ``BatchNormAct2d`` the output before its activation, see :func:`output_of`).
 
     Any other layer with a bias, or any other normalisation layer (LayerNorm, GroupNorm,
     BatchNorm with a fused activation, …), is a ValueError naming the architecture and the
@@ -57,7 +60,7 @@ def bias_layers(model: nn.Module) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for name, module in model.named_modules():
         kind = type(module)
-        if isinstance(module, nn.BatchNorm2d) and kind.forward is nn.BatchNorm2d.forward:
+        if isinstance(module, nn.BatchNorm2d) and kind.forward in _BATCHNORM_FORWARDS:
             if module.training or module.running_mean is None or module.running_var is None:
                 raise _cannot(model, name, module, "normalises with batch statistics (train "
                                                    "mode or no running stats): call model.eval()")
@@ -76,6 +79,17 @@ def bias_layers(model: nn.Module) -> list[nn.Module]:
         raise ValueError(f"fullgrad cannot handle {architecture(model)}: it has no layer with "
                          f"a bias (FullGrad needs {SUPPORTED})")
     return layers
+
+
+_BATCHNORM_FORWARDS = (nn.BatchNorm2d.forward, BatchNormAct2d.forward)
+
+
+def output_of(layer: nn.Module) -> nn.Module:
+    """Where a bias layer's output is captured: the layer itself, or for timm's
+    ``BatchNormAct2d`` (batch norm, then ``drop``, then ``act``) its ``drop`` submodule, whose
+    output is the normalised tensor before the activation (``drop`` is the identity in eval
+    mode)."""
+    return layer.drop if isinstance(layer, BatchNormAct2d) else layer
 
 
 def effective_bias(layer: nn.Module) -> torch.Tensor:
@@ -113,9 +127,11 @@ def full_gradients(model: nn.Module, images: torch.Tensor, target: Target = None
     layers = bias_layers(model)
     outputs: list[tuple[nn.Module, torch.Tensor]] = []
 
-    def capture(module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
-        outputs.append((module, output))
-        return output.clone()
+    def capture_for(layer: nn.Module):
+        def capture(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+            outputs.append((layer, output))
+            return output.clone()
+        return capture
 
     def check_linear(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
         if module.bias is not None and output.dim() != 2:  # type: ignore[union-attr]
@@ -123,7 +139,7 @@ def full_gradients(model: nn.Module, images: torch.Tensor, target: Target = None
             raise _cannot(model, name, module, f"adds its bias to a {output.dim()}-D output "
                                                f"(tokens or space), not after global pooling")
 
-    handles = [layer.register_forward_hook(capture) for layer in layers]
+    handles = [output_of(layer).register_forward_hook(capture_for(layer)) for layer in layers]
     handles += [m.register_forward_hook(check_linear) for m in model.modules()
                 if isinstance(m, nn.Linear)]
     try:

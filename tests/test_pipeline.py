@@ -94,7 +94,7 @@ def test_every_executor_gives_the_same_numbers_and_records_no_execution(tmp_path
                             ("ray", {"executor": "ray"})):
             work = tmp_path / name
             config = RunConfig(**{**SMALL, "ensembles": (), "cams": ("gradcam", "layercam")},
-                               backbones=("resnet18",), **extra, workdir=str(work))
+                               backbones=(FIRST,), **extra, workdir=str(work))
             rows, _ = run(config, registry, QUIET)
             results[name] = rows
             assert len(units(work, "train")) == 2 and len(units(work, "cams")) == 4

@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.conftest import FIRST, SECOND
 from tests.test_cli import TINY, run_main
 from wsss_bench.core.folds import read_folds_file
 from wsss_bench.core.reported import TABLES
@@ -29,11 +30,16 @@ def lesion_fraction(root: Path, cases: list[str]) -> float:
     return fg / total
 
 
+CAMS = ("gradcam", "eigencam", "fullgrad")
+
+
 @pytest.mark.slow
 def test_brats_run_on_the_real_sample(brats_sample, tmp_path):
+    """The default backbones on the real sample, with a gradient, a gradient-free and a
+    full-gradient CAM method (each on both backbones and their `and`)."""
     work, boards = tmp_path / "work", tmp_path / "boards"
     code = run_main(["run", "--dataset", "brats", "--data-dir", str(brats_sample),
-                     "--backbones", "resnet18,resnet34", "--ensembles", "and", "--epochs", "1",
+                     "--cams", ",".join(CAMS), "--ensembles", "and", "--epochs", "1",
                      "--folds", "2", "-o", "brats.crop=56:184,56:184,60:68", "--workdir",
                      str(work), "--leaderboard-dir", str(boards), "-q"])
     assert code == 0
@@ -44,8 +50,8 @@ def test_brats_run_on_the_real_sample(brats_sample, tmp_path):
     rows = {r["method"]: r for r in board["rows"] if r["source"] == "measured"}
     assert {r["method"] for r in board["rows"] if r["source"] == "reported"} == {
         f"paper: {name}" for name, _, _ in TABLES["brats"][1]}
-    assert set(rows) == {"Empty", "resnet18 / gradcam / none", "resnet34 / gradcam / none",
-                         "and(resnet18,resnet34) / gradcam / none"}
+    assert set(rows) == {"Empty"} | {f"{core} / {cam} / none" for cam in CAMS
+                                      for core in (FIRST, SECOND, f"and({FIRST},{SECOND})")}
     empty = rows["Empty"]["metrics"]["paper_dsc"]["folds"]
     for fold, cases in enumerate(split):
         g = lesion_fraction(brats_sample, cases)
@@ -103,7 +109,7 @@ def test_missing_folds_file(tmp_path):
 
 @pytest.mark.slow
 def test_run_with_a_published_split(tmp_path, capsys):
-    common = [*TINY, "--backbones", "resnet18,resnet34", "--ensembles", "and",
+    common = [*TINY, "--ensembles", "and",
               "--leaderboard-dir", str(tmp_path / "boards")]
     assert run_main(["run", *common, "--workdir", str(tmp_path / "w1")]) == 0
     seeded = json.loads((tmp_path / "boards" / "phantom.json").read_text())

@@ -20,6 +20,7 @@ from wsss_bench.cam_engine import (
     smooth_gradients,
 )
 from wsss_bench.options import option
+from wsss_bench_plugins.cams_perturbation import CAMS as PERTURBATION_CAMS
 
 
 def _size(images: torch.Tensor) -> tuple[int, int]:
@@ -154,5 +155,5 @@ class LayerCAM:
 @hookimpl
 def register_cams(register) -> None:
     for cam in (GradCAM(), GradCAMPlusPlus(), SmoothGradCAMPlusPlus(), HiResCAM(), XGradCAM(),
-                LayerCAM()):
+                LayerCAM(), *PERTURBATION_CAMS):
         register(cam)

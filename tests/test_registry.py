@@ -16,7 +16,8 @@ from wsss_bench.registry import BLOCK_ENV, PluginLoadWarning, load_registry
 BUILTINS = {
     "datasets": {"phantom", "brats", "decathlon", "msd-brain"},
     "backbones": {"resnet18", "resnet34", "resnet50", "resnet101", "vgg19"},
-    "cams": {"gradcam", "gradcam++", "smoothgradcam++", "hirescam", "xgradcam", "layercam"},
+    "cams": {"gradcam", "gradcam++", "smoothgradcam++", "hirescam", "xgradcam", "layercam",
+             "scorecam", "sscam", "iscam", "ablationcam"},
     "ensembles": {"and", "or"},
     "filters": {"none"},
 }

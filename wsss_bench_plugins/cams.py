@@ -22,6 +22,7 @@ from wsss_bench.cam_engine import (
 from wsss_bench.options import option
 from wsss_bench_plugins.cams_activation import CAMS as ACTIVATION_CAMS
 from wsss_bench_plugins.cams_fullgrad import CAMS as FULLGRAD_CAMS
+from wsss_bench_plugins.cams_perturbation import CAMS as PERTURBATION_CAMS
 
 
 def _size(images: torch.Tensor) -> tuple[int, int]:
@@ -156,5 +157,5 @@ class LayerCAM:
 @hookimpl
 def register_cams(register) -> None:
     for cam in (GradCAM(), GradCAMPlusPlus(), SmoothGradCAMPlusPlus(), HiResCAM(), XGradCAM(),
-                LayerCAM(), *ACTIVATION_CAMS, *FULLGRAD_CAMS):
+                LayerCAM(), *ACTIVATION_CAMS, *FULLGRAD_CAMS, *PERTURBATION_CAMS):
         register(cam)

@@ -363,3 +363,45 @@ def check_cam_contract(method) -> None:
     passes: None, all ones, mixed)."""
     assert isinstance(method, Cam)
     testing.check_cam(method)
+
+
+def test_only_the_original_cam_refuses_the_kits_spatial_head():
+    """The kit lets a method refuse the spatial head with a ValueError; of the built-ins only
+    `cam` (defined for pooling + linear heads alone) may use that."""
+    model = testing.tiny_net()
+    x = torch.rand(2, 1, 20, 28, generator=torch.Generator().manual_seed(1))
+    refusing = set()
+    for name, method in wsss_bench.load_registry().cams.items():
+        try:
+            method.cam(model, model.target, x, None)
+        except ValueError:
+            refusing.add(name)
+    assert refusing == {"cam"}
+
+
+class _RefusesDirtily:
+    """A CAM that refuses the spatial head but leaves its hook behind (and Grad-CAM else)."""
+
+    name, description = "dirty", "refuses the spatial head, leaving a hook"
+
+    def cam(self, model, target_layer, images, target=None):
+        if not isinstance(model.head, nn.Identity):
+            target_layer.register_forward_hook(lambda *a: None)
+            raise ValueError("spatial heads are not supported")
+        return GradCAM().cam(model, target_layer, images, target)
+
+
+class _RefusesInManyLines(_RefusesDirtily):
+    name = "wordy"
+
+    def cam(self, model, target_layer, images, target=None):
+        if not isinstance(model.head, nn.Identity):
+            raise ValueError("spatial heads\nare not supported")
+        return GradCAM().cam(model, target_layer, images, target)
+
+
+@pytest.mark.parametrize("broken,needle", [(_RefusesDirtily(), "left hooks"),
+                                           (_RefusesInManyLines(), "one-line message")])
+def test_a_refusal_must_be_clean_and_one_line(broken, needle):
+    with pytest.raises(AssertionError, match=needle):
+        testing.check_cam(broken)

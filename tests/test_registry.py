@@ -17,7 +17,8 @@ BUILTINS = {
     "datasets": {"phantom", "brats", "decathlon", "msd-brain"},
     "backbones": {"resnet18", "resnet34", "resnet50", "resnet101", "vgg19"},
     "cams": {"gradcam", "gradcam++", "smoothgradcam++", "hirescam", "xgradcam", "layercam",
-             "scorecam", "sscam", "iscam", "ablationcam"},
+             "scorecam", "sscam", "iscam", "ablationcam", "cam", "eigencam", "eigengradcam",
+             "fullgrad"},
     "ensembles": {"and", "or"},
     "filters": {"none"},
 }

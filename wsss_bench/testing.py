@@ -312,7 +312,11 @@ def _check_cam_on(c: _Check, obj: Any, x: torch.Tensor, linear_head: bool) -> No
         if not linear_head and not maps:  # the first call may refuse this head
             try:
                 cam = obj.cam(model, model.target, x, target)
-            except ValueError:
+            except ValueError as exc:
+                c.that(str(exc).strip() != "" and "\n" not in str(exc).strip(),
+                       f"{where} refused the head without a one-line message: {exc!r}")
+                c.that(all(torch.equal(before[k], v) for k, v in model.state_dict().items()),
+                       f"{where} refused the head but changed the model")
                 c.that(_hooks(model) == 0, f"{where} refused the head but left hooks")
                 c.that(all(p.grad is None for p in model.parameters()),
                        f"{where} refused the head but left a parameter .grad")

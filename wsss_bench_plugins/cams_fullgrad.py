@@ -32,8 +32,10 @@ from wsss_bench.cam_engine import Target, finish_cam, resolve_targets
 
 SUPPORTED = ("Conv2d, BatchNorm2d and timm's BatchNormAct2d in eval mode, and Linear after "
              "global pooling")
-_NORMS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm,
-                                        nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
+_NORMS: tuple[type[nn.Module], ...] = tuple(
+    n for n in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                nn.LocalResponseNorm, getattr(nn, "RMSNorm", None))  # RMSNorm: torch >= 2.4
+    if n is not None)
 
 
 def architecture(model: nn.Module) -> str:

@@ -142,15 +142,16 @@ DEVIATIONS: tuple[Deviation, ...] = (
               "or 5 (prostate).",
         here="`--preset paper` trains exactly that. Without a preset, `wsss-bench run` trains "
              "timm's two smallest CNNs, `timm:test_resnet` (0.37 M parameters) and "
-             "`timm:test_byobnet` (0.20 M), for 4 epochs at lr 0.01 (momentum 0.9); on the "
-             "64×64 phantom `--output-stride auto` builds them at stride 16 (4×4 CAMs).",
+             "`timm:test_byobnet` (0.20 M), for 3 epochs at lr 0.02 (momentum 0.9); on the "
+             "64×64 phantom `--output-stride auto` builds them at stride 16 (4×4 CAMs). The lr "
+             "applies to any backbone run without a preset; set `--lr` for larger models.",
         why="The default run is the README's quick first command. ResNet-18/34 for 2 epochs "
             "at lr 1e-3 (the earlier default) took 3–4 minutes on 2 CPU cores and left the "
             "classifiers barely trained (best row 0.675 paper_dsc against `Empty` 0.657, "
             "foreground Dice 0.13); the small models train 6–10× more images per second, and "
-            "4 epochs at lr 0.01 give the `and` ensemble 0.84 paper_dsc (0.81–0.85 on each "
-            "fold) against `Empty` 0.655, foreground Dice 0.63–0.65 (phantom and training "
-            "seeds 0, 1 and 2), in about 30 s of training.",
+            "3 epochs at lr 0.02 give the `and` ensemble 0.833–0.846 paper_dsc (0.823–0.853 "
+            "on each fold) against `Empty` 0.654–0.659, foreground Dice 0.62–0.66 (phantom "
+            "and training seeds 0, 1 and 2), in 24 s of training.",
         kind="default we chose",
     ),
     Deviation(

@@ -328,15 +328,14 @@ def landscape_size(n_grids: int, m: int, g: int) -> tuple[int, int]:
 def landscape(path: str | Path, grids: Sequence[LandscapeGrid], thresholds: Sequence[float],
               names: Sequence[str], metric: str, title: str,
               cell_values: bool | None = None) -> None:
-    """Write the threshold landscape (the paper's Fig. 6) of one ensemble to ``path``: one
-    panel per grid (per fold and the mean). ``names``: the M backbones (the axes), ``metric``:
-    the score's name. M = 1: one curve per grid over the thresholds in one panel, each grid's
-    chosen point starred, the last grid (the mean) in black; M = 2: a heat map per grid (rows:
-    the first backbone's threshold, increasing upwards; columns: the second's), the values in
-    the cells (G <= 15), the chosen cell outlined, one colour bar for all (they share the
-    scale); M = 3: one small heat map per value of the third threshold, side by side. Other
-    M: ValueError.
-    ``cell_values``: write the values in the M = 2 cells (default: when G <= 15)."""
+    """Write the threshold landscape (the paper's Fig. 6) of one ensemble to ``path``: the
+    grids per fold and their mean. ``names``: the M backbones (the axes), ``metric``: the
+    score's name. M = 1: one panel, one curve per grid over the thresholds, each grid's chosen
+    point starred, the last grid (the mean) in black; M = 2: a heat map per grid (rows: the
+    first backbone's threshold, increasing upwards; columns: the second's), the values in the
+    cells (G <= 15), the chosen cell outlined, one colour bar for all (they share the scale);
+    M = 3: one small heat map per value of the third threshold, side by side. Other M:
+    ValueError. ``cell_values``: write the values in the M = 2 cells (default: when G <= 15)."""
     _write(path, _landscape_figure, grids, thresholds, names, metric, title, cell_values)
 
 

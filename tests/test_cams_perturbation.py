@@ -54,11 +54,12 @@ MIXED = [1, 0]
 # ================================================================ float64 references
 
 
-def ref_capture(model: nn.Module, x: torch.Tensor, target) -> tuple:
-    """Float64 copy of the model, A at layer4, clean logits and the classes."""
+def ref_capture(model: nn.Module, x: torch.Tensor, target, layer: str = "layer4") -> tuple:
+    """Float64 copy of the model, A at ``layer``, clean logits and the classes."""
     m = copy.deepcopy(model).double().eval()
     store: dict[str, torch.Tensor] = {}
-    handle = m.layer4.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
+    handle = m.get_submodule(layer).register_forward_hook(
+        lambda _m, _i, out: store.__setitem__("a", out))
     try:
         with torch.no_grad():
             logits = m(x.double())
@@ -96,15 +97,18 @@ def ref_score_weights(model: nn.Module, x: torch.Tensor, target) -> tuple:
     return w, a
 
 
-def ref_ablation_weights(model: nn.Module, x: torch.Tensor, target) -> tuple:
-    """Ablation-CAM: w_k = (y_c - y_c^k) / y_c, y_c^k with channel k of layer4 set to 0."""
-    m, a, logits, classes = ref_capture(model, x, target)
+def ref_ablation_weights(model: nn.Module, x: torch.Tensor, target,
+                         layer: str = "layer4") -> tuple:
+    """Ablation-CAM: w_k = (y_c - y_c^k) / y_c, y_c^k with channel k of ``layer`` set to 0
+    (one image per forward)."""
+    m, a, logits, classes = ref_capture(model, x, target, layer)
     w = torch.zeros(a.shape[:2], dtype=torch.float64)
     for i, c in enumerate(classes):
         for k in range(a.shape[1]):
             ablated = a[i : i + 1].clone()
             ablated[0, k] = 0
-            handle = m.layer4.register_forward_hook(lambda _m, _i, _o, v=ablated: v)
+            handle = m.get_submodule(layer).register_forward_hook(
+                lambda _m, _i, _o, v=ablated: v)
             try:
                 with torch.no_grad():
                     yk = m(x[i : i + 1].double())[0, c]
@@ -320,9 +324,8 @@ def test_select_channels_breaks_ties_by_index():
 @pytest.mark.parametrize(("method", "per_image"),
                          [(ScoreCAM(batch_size=16, top_k=5), 5),
                           (SSCAM(samples=3, batch_size=16, top_k=5), 15),
-                          (ISCAM(steps=2, batch_size=16, top_k=5), 10),
-                          (AblationCAM(batch_size=16, top_k=5), 5)],
-                         ids=["scorecam", "sscam", "iscam", "ablationcam"])
+                          (ISCAM(steps=2, batch_size=16, top_k=5), 10)],
+                         ids=["scorecam", "sscam", "iscam"])
 def test_masked_forwards_are_batched_and_top_k_cuts_them(net, method, per_image):
     x = images()
     calls: list[int] = []
@@ -336,6 +339,52 @@ def test_masked_forwards_are_batched_and_top_k_cuts_them(net, method, per_image)
     assert 0 < sum(calls[1:]) <= 2 * per_image  # all-zero channels are not forwarded
 
 
+class Tail(nn.Module):
+    """test_resnet's layers after layer4, made to reach back before layer4 (``mode``):
+    ``add``: the pooled stem output joins the logits (broadcasts from batch 1: shared prefix);
+    ``batch``: the batch size read before layer4 shapes the features (an expanded batch
+    breaks it: full forwards)."""
+
+    def __init__(self, net: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.net, self.mode = copy.deepcopy(net), mode
+        self.side = nn.Linear(int(self.net.bn1.num_features), 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        stem = n.maxpool(n.act1(n.bn1(n.conv1(x))))
+        feats = n.layer4(n.layer3(n.layer2(n.layer1(stem))))
+        pooled = n.global_pool(feats)
+        if self.mode == "batch":
+            pooled = pooled.reshape(x.shape[0], -1)
+        out = n.fc(pooled)
+        return out + self.side(stem.mean((2, 3))) if self.mode == "add" else out
+
+
+@pytest.mark.parametrize(("mode", "shared"), [("add", True), ("batch", False)])
+def test_ablationcam_shares_the_prefix_where_the_model_allows_it(net, mode, shared):
+    model = Tail(net, mode).eval()
+    x = images()
+    target = torch.tensor(MIXED)
+    calls: list[int] = []
+    handle = model.net.conv1.register_forward_pre_hook(
+        lambda _m, inp: calls.append(int(inp[0].shape[0])))
+    try:
+        got = AblationCAM(batch_size=16).cam(model, model.net.layer4, x, target)
+    finally:
+        handle.remove()
+    w, a = ref_ablation_weights(model, x, target.tolist(), layer="net.layer4")
+    torch.testing.assert_close(got.double(), ref_finish(w, a), atol=1e-5, rtol=0)
+    assert_clean(model)
+    n_live = int(a.flatten(2).ne(0).any(2).sum())
+    prefix_images = sum(calls[1:])
+    if shared:  # the probe chunk and every later chunk: one image each
+        assert set(calls[1:]) == {1} and prefix_images == sum(
+            -(-int(a[i].flatten(1).ne(0).any(1).sum()) // 16) for i in range(len(x)))
+    else:  # the probe (1 image), then one full forward per ablated copy
+        assert prefix_images == 1 + n_live
+
+
 # ================================================================ contract details
 
 
@@ -346,7 +395,7 @@ class Boom(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if self.calls == self.n:
+        if self.calls >= self.n:
             raise RuntimeError("boom")
         return x
 

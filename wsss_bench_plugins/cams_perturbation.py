@@ -305,12 +305,66 @@ class ISCAM:
                                 transform=lambda r, masks, _ch, _k: coeff[r] * masks)
 
 
+def _ablated_copies(a: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """``len(channels)`` copies of one image's activation ``a`` [K,h,w], copy i with channel
+    ``channels[i]`` set to 0."""
+    out = a.expand(len(channels), *a.shape).clone()
+    out[torch.arange(len(channels), device=a.device), channels] = 0
+    return out
+
+
+def _shared_prefix_logits(model: nn.Module, target_layer: nn.Module, images: torch.Tensor,
+                          raw: torch.Tensor, clean: torch.Tensor, bi: torch.Tensor,
+                          ki: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+    """Logits (float64) of the ablated copies with the layers before the target run once per
+    chunk: each chunk holds the copies of one image, the model gets that image alone and the
+    hook returns all its ablated copies, so only the layers after the target see the copies
+    (tensors from before the target broadcast from batch 1: they are equal for every copy).
+
+    ``None`` when the model does not allow this, checked on a probe: the first chunk carries
+    the unablated activation as an extra copy, whose logits must be the clean pass's, and every
+    output must have one row per copy."""
+    store: dict[str, torch.Tensor] = {}
+    out: list[torch.Tensor] = []
+    probe = True
+    with _output_hook(target_layer, lambda _out: store["rows"]), torch.no_grad():
+        for b in bi.unique().tolist():
+            channels = ki[bi == b]
+            for start in range(0, len(channels), batch_size):
+                rows = _ablated_copies(raw[b], channels[start:start + batch_size])
+                if probe:
+                    rows = torch.cat([raw[b:b + 1], rows])
+                store["rows"] = rows
+                try:
+                    y = model(images[b:b + 1])
+                except RuntimeError:
+                    if probe:
+                        return None
+                    raise
+                if tuple(y.shape) != (len(rows), clean.shape[1]):
+                    if probe:
+                        return None
+                    raise RuntimeError(f"ablated forward gave logits {tuple(y.shape)}, "
+                                       f"expected ({len(rows)}, {clean.shape[1]})")
+                if probe:
+                    tol = float(torch.finfo(y.dtype).eps) ** 0.5
+                    if not torch.allclose(y[0].double(), clean[b], rtol=tol, atol=tol):
+                        return None
+                    y, probe = y[1:], False
+                out.append(y.double())
+    return torch.cat(out) if out else None
+
+
 @dataclass(frozen=True)
 class AblationCAM:
     """Ablation-CAM (Desai & Ramaswamy 2020): channel k of the target layer's output set to 0
     (a forward hook replaces the output with ablated copies of the clean ``A``), ``w_k =
     (y_c - y_c^k) / y_c`` with the clean target logit ``y_c`` (float64; ``y_c = 0`` gives an
-    all-zero map). All-zero channels are not ablated: ablating them changes nothing."""
+    all-zero map). All-zero channels are not ablated: ablating them changes nothing.
+
+    The layers before the target layer run once per chunk of ``batch_size`` copies of an image
+    instead of once per copy (:func:`_shared_prefix_logits`); a model that does not allow this
+    (checked on a probe) gets a full forward per copy, as pytorch-grad-cam does."""
 
     name: str = "ablationcam"
     description: str = "Ablation-CAM: channels weighted by the logit drop when each is zeroed"
@@ -325,8 +379,28 @@ class AblationCAM:
             target: Target = None) -> torch.Tensor:
         raw, logits, targets = clean_pass(model, target_layer, images, target)
         a = raw.float()
-        store: dict[str, slice] = {}
         bi, ki = _pairs(select_channels(a, self.top_k, self.rank_by) & _nonzero_channels(a))
+        ablated_logits = None
+        if bi.numel():
+            ablated_logits = _shared_prefix_logits(model, target_layer, images, raw, logits,
+                                                   bi, ki, self.batch_size)
+            if ablated_logits is None:
+                ablated_logits = self._full_forward_logits(model, target_layer, images, raw,
+                                                           bi, ki)
+        y = logits.gather(1, targets[:, None])[:, 0]
+        weights = torch.zeros(a.shape[:2], dtype=torch.float64, device=a.device)
+        if ablated_logits is not None:
+            yk = ablated_logits.gather(1, targets[bi][:, None])[:, 0]
+            weights[bi, ki] = y[bi] - yk
+        safe = torch.where(y != 0, y, torch.ones_like(y))
+        weights = torch.where(y[:, None] != 0, weights / safe[:, None], torch.zeros_like(weights))
+        return _finish(weights, a, images)
+
+    def _full_forward_logits(self, model: nn.Module, target_layer: nn.Module,
+                             images: torch.Tensor, raw: torch.Tensor, bi: torch.Tensor,
+                             ki: torch.Tensor) -> torch.Tensor:
+        """One full forward per ablated copy (in chunks), the copy's image as input."""
+        store: dict[str, slice] = {}
 
         def replace(out: torch.Tensor) -> torch.Tensor:
             sl = store["slice"]
@@ -339,15 +413,7 @@ class AblationCAM:
             return images[bi[sl]]
 
         with _output_hook(target_layer, replace):
-            ablated_logits = _forward_scores(model, inputs, int(bi.numel()), self.batch_size)
-        y = logits.gather(1, targets[:, None])[:, 0]
-        weights = torch.zeros(a.shape[:2], dtype=torch.float64, device=a.device)
-        if bi.numel():
-            yk = ablated_logits.gather(1, targets[bi][:, None])[:, 0]
-            weights[bi, ki] = y[bi] - yk
-        safe = torch.where(y != 0, y, torch.ones_like(y))
-        weights = torch.where(y[:, None] != 0, weights / safe[:, None], torch.zeros_like(weights))
-        return _finish(weights, a, images)
+            return _forward_scores(model, inputs, int(bi.numel()), self.batch_size)
 
 
 CAMS = (ScoreCAM(), SSCAM(), ISCAM(), AblationCAM())

@@ -27,6 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.benchmarks.report import cpu_name, report_targets
 from wsss_bench_plugins.cams_perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 
 BATCH = int(os.environ.get("WSSS_BENCH_PERTURB_BATCH", "32"))
@@ -99,6 +100,20 @@ PEERS = {  # key -> (library, class, kwargs, our key to compare with)
 }
 
 
+def test_forward(benchmark, setup):
+    """One plain no-grad forward of the batch: the unit of the cost column."""
+    model, x = setup
+    benchmark.group = f"perturbation cams resnet34 b{BATCH} {SIZE}px"
+
+    def forward():
+        with torch.no_grad():
+            return model(x)
+
+    benchmark.pedantic(forward, rounds=max(ROUNDS, 3), iterations=1, warmup_rounds=1)
+    if benchmark.stats is not None:
+        MEDIANS["forward"] = float(benchmark.stats.stats.median)
+
+
 @pytest.mark.parametrize("key", list(OURS))
 def test_ours(benchmark, setup, key):
     model, x = setup
@@ -126,14 +141,35 @@ def test_peer(benchmark, setup, key):
         assert float((RESULTS[ours] - out).abs().max()) <= atol
 
 
+FAMILY = {"scorecam": ("ours_scorecam_pgc", "pgc_scorecam", "ours_scorecam_torchcam",
+                       "torchcam_scorecam"),
+          "sscam": ("ours_sscam", "torchcam_sscam"), "iscam": ("ours_iscam", "torchcam_iscam")}
+MIN_SPEEDUP = 2.0  # the issue's target for the Score-CAM family against the faster peer
+
+
 def test_report():
+    """Runs last: the table (cost in forward passes, ours over the peer) and the Score-CAM
+    family's target, from this run's medians."""
     if not MEDIANS:
         pytest.skip("no medians (benchmarks disabled)")
-    lines = ["| method | median s | images/s | ours/peer |", "|---|---:|---:|---:|"]
+    fwd = MEDIANS.get("forward", float("nan"))
+    lines = [f"Perturbation CAMs, resnet34, batch {BATCH}, 1×{SIZE}×{SIZE}, {cpu_name()}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__} (medians of "
+             f"{ROUNDS})", "", "| method | median s | images/s | × forward | peer / ours |",
+             "|---|---:|---:|---:|---:|",
+             f"| plain forward (no_grad) | {fwd:.3f} | {BATCH / fwd:.1f} | 1.00 | — |"]
     for key, (_, _, _, ours) in PEERS.items():
         for k in (ours, key):
             if k in MEDIANS:
                 ratio = (f"{MEDIANS[key] / MEDIANS[k]:.2f}×" if k == ours and key in MEDIANS
                          else "")
-                lines.append(f"| {k} | {MEDIANS[k]:.2f} | {BATCH / MEDIANS[k]:.2f} | {ratio} |")
-    print("\n".join(lines))
+                lines.append(f"| {k} | {MEDIANS[k]:.2f} | {BATCH / MEDIANS[k]:.2f} | "
+                             f"{MEDIANS[k] / fwd:.0f} | {ratio} |")
+    checks = []
+    for method, keys in FAMILY.items():
+        ours = [MEDIANS[k] for k in keys if k.startswith("ours") and k in MEDIANS]
+        peers = [MEDIANS[k] for k in keys if not k.startswith("ours") and k in MEDIANS]
+        if ours and peers:
+            checks.append((f"ours {method} ≤ faster peer / {MIN_SPEEDUP:g}", max(ours),
+                           min(peers) / MIN_SPEEDUP))
+    report_targets("\n".join(lines), checks)

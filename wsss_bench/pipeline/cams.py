@@ -81,6 +81,9 @@ def compute_cams(cam, model, target_layer, images: np.ndarray, batch_size: int,
     return out
 
 
-def store_files(maps: np.ndarray, folder: Path) -> None:
-    """Write one CAM method's maps (float16) into its store unit's folder."""
+def store_files(maps: np.ndarray, folder: Path, seconds: float | None = None
+                ) -> dict[str, float]:
+    """Write one CAM method's maps (float16) into its store unit's folder; the unit's metadata
+    (the seconds the maps took)."""
     np.save(folder / "cams.npy", np.asarray(maps, dtype=np.float16))  # no copy if float16
+    return {} if seconds is None else {"seconds": seconds}

@@ -8,11 +8,13 @@ validation slices and scored there.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 
 from wsss_bench.core import calibration, metrics
+from wsss_bench.pipeline import timings
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.plan import EvalUnit
 
@@ -22,7 +24,14 @@ def evaluate(unit: EvalUnit, ctx: Context) -> list[dict[str, Any]]:
     function): ``cases`` is the per-case table of the validation slices
     (:func:`metrics.case_table`), from which ``metrics`` and every statistic of the leaderboard
     are computed; ``grid`` the selection metric over the threshold grid on the fold's training
-    slices (:func:`_landscape`)."""
+    slices (:func:`_landscape`); ``seconds`` the unit's wall time, split evenly over its folds
+    (:func:`timings.evaluate_seconds`)."""
+    start = time.perf_counter()
+    results = _evaluate(unit, ctx)
+    return timings.evaluate_seconds(time.perf_counter() - start, results)
+
+
+def _evaluate(unit: EvalUnit, ctx: Context) -> list[dict[str, Any]]:
     grid = np.asarray(ctx.plan.grid)
     if len(unit.folds) == 1:
         stack, region, (train, _) = _inputs(unit, ctx, 0)

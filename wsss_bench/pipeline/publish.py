@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,14 @@ def _result(plan: Plan, ctx: Context, unit: EvalUnit | None) -> MethodResult:
 
 def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, Any]]]],
          strides: dict[str, int], reused: int, reporter: Reporter,
-         incomplete: set[str] = frozenset()) -> list[dict[str, Any]]:
+         incomplete: set[str] = frozenset(),
+         timing: Callable[[list[EvalUnit]], dict[str, Any]] | None = None
+         ) -> list[dict[str, Any]]:
     """Leaderboard rows: seed-major, fold by fold, the Empty baseline first. A method in
-    ``incomplete`` (a unit of it failed) gets no row: a leaderboard keeps its previous one."""
+    ``incomplete`` (a unit of it failed) gets no row: a leaderboard keeps its previous one.
+    ``timing``: a row's ``run.timings`` from its evaluate units (:mod:`timings`)."""
     results: dict[str, MethodResult] = {}
+    units_of: dict[str, list[EvalUnit]] = {}
     by_fold: dict[tuple[int, int], list[tuple[EvalUnit, dict[str, Any]]]] = {}
     found = [(u, r) for u, r in found if results_key(u, ctx) not in incomplete]
     for unit, per_fold in found:
@@ -104,6 +109,7 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
             for unit, result in done:
                 res = _result(plan, ctx, unit)
                 res = results.setdefault(res.key, res)
+                units_of.setdefault(res.key, []).append(unit)
                 res.thresholds.append(result["thresholds"])
                 _add(res, seed, fold, result)
             if not done:
@@ -125,7 +131,9 @@ def rows(plan: Plan, ctx: Context, found: list[tuple[EvalUnit, list[dict[str, An
                          "in_chans": plan.in_chans, "output_stride": strides,
                          "weights": dict(plan.weights), "amp": plan.amp,
                          "channels_last": plan.channels_last}
-    return [_row(plan, r, info) for r in results.values()]
+    return [_row(plan, r, info if timing is None
+                 else {**info, "timings": timing(units_of.get(r.key, []))})
+            for r in results.values()]
 
 
 def _add(res: MethodResult, seed: int, fold: int, result: dict[str, Any]) -> None:
@@ -171,7 +179,9 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
         header["deviations"] = [dataclasses.asdict(d)
                                 for d in deviations.for_run(config.dataset)]
         header["preset_overrides"] = presets.overrides(config, registry)
-    board = publish(config, outcome, found_rows, header, reporter)
+    with outcome.clock.stage("publish"):
+        board = publish(config, outcome, found_rows, header, reporter)
+    reporter.summary(outcome.clock.breakdown())
     if outcome.failures:  # published what is whole; the caller reports the rest
         raise RunIncomplete(outcome.failures, board)
     return board

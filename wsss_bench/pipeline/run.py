@@ -24,7 +24,7 @@ from wsss_bench.core.progress import Reporter
 from wsss_bench.core.store import Store, digest
 from wsss_bench.errors import RunIncomplete, UsageError
 from wsss_bench.executors import UnitFailed
-from wsss_bench.pipeline import cams, evaluate, publish, train
+from wsss_bench.pipeline import cams, evaluate, publish, timings, train
 from wsss_bench.pipeline.context import Context
 from wsss_bench.pipeline.folds import split
 from wsss_bench.pipeline.plan import CamUnit, EvalUnit, Plan, TrainUnit
@@ -46,6 +46,8 @@ class Outcome:
     plan: Plan | None = None
     context: Context | None = None
     evaluations: list[tuple[EvalUnit, list[dict[str, Any]]]] = field(default_factory=list)
+    # wall seconds of each stage so far (the caller adds "publish")
+    clock: timings.StageClock = field(default_factory=timings.StageClock)
 
 
 def run(config: RunConfig, registry: Registry, reporter: Reporter | None = None
@@ -80,11 +82,13 @@ def _missing(plan: Plan, store: Store) -> list[str]:
 def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
              cleanup: ExitStack, stored_only: str | None = None) -> Outcome:
     reporter = reporter or Reporter(quiet=True)
+    clock = timings.StageClock()
     plan = Plan.build(config, registry)
     torch.manual_seed(config.seed)
     ctx = Context(plan, None, None, plan.device, registry=registry)  # type: ignore[arg-type]
-    data = prepare(plan, ctx.plugin("datasets", config.dataset), reporter)
-    folds = split(config, data)
+    with clock.stage("prepare"):
+        data = prepare(plan, ctx.plugin("datasets", config.dataset), reporter)
+        folds = split(config, data)
     plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
     store = Store(config.workdir, plan.force, checks={"evaluate": evaluation_outdated})
     if stored_only is not None and (missing := _missing(plan, store)):
@@ -105,7 +109,7 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
         """Run ``units`` on the executor, committing each result; record the failed ones."""
         done: set[str] = set()
         failed: list[tuple[Any, str]] = []
-        with reporter.task(title, total=len(units)) as advance:
+        with clock.stage(title), reporter.task(title, total=len(units)) as advance:
             try:
                 for unit, result in executor.run(function, units, ctx):
                     commit(unit, result)
@@ -149,7 +153,8 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
           commit_maps)
     blocked = {u.keys[0][0] for u in plan.evaluate
                if any(k in bad_cams for keys in u.cam_keys for k in keys)}
-    found = reused_evaluations(plan, store, reporter, skip=blocked)  # by the unit's first key
+    with clock.stage("evaluate"):
+        found = reused_evaluations(plan, store, reporter, skip=blocked)  # by the unit's first key
     reused = len(found)
     for unit in plan.evaluate:
         if unit.keys[0][0] in blocked:
@@ -165,9 +170,20 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
                   if u.keys[0][0] not in found or u.keys[0][0] in blocked}
     strides = {u.backbone: store.info("train", u.key)["output_stride"] for u in plan.train
                if u.key not in bad_train}
-    rows = publish.rows(plan, ctx, whole, strides, reused, reporter, incomplete=incomplete)
+    behind = {pair for unit in plan.evaluate for pair in timings.row_units(unit, plan)}
+    seconds = {pair: timings.stored_seconds(store.info(*pair)) for pair in behind
+               if store.ready(*pair)}
+    made_here = {tuple(done.split("/", 1)) for done in store.redone}
+
+    def row_timings(units: list[EvalUnit]) -> dict[str, Any]:
+        behind = [pair for unit in units for pair in timings.row_units(unit, plan)]
+        return timings.row_timings(list(dict.fromkeys(behind)), seconds, made_here, clock)
+
+    with clock.stage("publish"):
+        rows = publish.rows(plan, ctx, whole, strides, reused, reporter, incomplete=incomplete,
+                            timing=row_timings)
     complete = [(u, r) for u, r in whole if publish.results_key(u, ctx) not in incomplete]
-    return Outcome(rows, folds, failures, plan, ctx, complete)
+    return Outcome(rows, folds, failures, plan, ctx, complete, clock)
 
 
 def pending_train(plan: Plan, store: Store, reporter: Reporter) -> list[TrainUnit]:
@@ -225,7 +241,8 @@ def commit_cams(store: Store, reporter: Reporter, unit: CamUnit, result: cams.Ma
                 n: int) -> None:
     for name, maps in result.maps.items():
         key, description = unit.keys[name]
-        store.write("cams", key, description, lambda f, m=maps: cams.store_files(m, f))
+        store.write("cams", key, description,
+                    lambda f, m=maps, s=result.seconds[name]: cams.store_files(m, f, s))
         reporter.summary(f"[bold]cams[/] {name} {unit.train.label}: {n} maps "
                          f"({result.seconds[name]:.1f} s)")
 

@@ -31,9 +31,8 @@ def test_stage_clock_adds_up_and_names_every_stage(monkeypatch):
         pass
     assert clock.as_dict() == {"prepare": 7.0, "train": 3.0}
     assert clock.breakdown() == "time: prepare 7.0 s (70%), train 3.0 s (30%); total 10.0 s"
-    with pytest.raises(ValueError, match="unknown stage 'plot'"):
-        with clock.stage("plot"):
-            pass
+    with pytest.raises(ValueError, match="unknown stage 'plot'"), clock.stage("plot"):
+        pass
 
 
 def test_evaluate_seconds_split_evenly_and_stored_seconds_read_both_layouts():

@@ -20,17 +20,15 @@ Skipped unless benchmarks are enabled (``conftest.py``). Run::
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.benchmarks.report import cpu_name
+from tests.benchmarks.report import cpu_name, report_targets
 from wsss_bench_plugins.cams import (
     GradCAM,
     GradCAMPlusPlus,
@@ -155,7 +153,4 @@ def test_report():
             t = MEDIANS[key]
             ratio = f"{t / MEDIANS[peer]:.2f}" if peer in MEDIANS else "—"
             lines.append(f"| {label} | {t:.3f} | {BATCH / t:.1f} | {t / fwd:.2f} | {ratio} |")
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    if out := os.environ.get("WSSS_BENCH_TABLE"):
-        Path(out).write_text(text, encoding="utf-8")
+    report_targets("\n".join(lines), [])

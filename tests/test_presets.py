@@ -4,6 +4,7 @@ real BraTS sample."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,20 @@ def test_paper_preset_on_the_real_brats_sample(brats_sample, tmp_path):
     thresholds = next(r for r in board["rows"]
                       if r["method"] == "and(resnet34,resnet50) / gradcam / none")["thresholds"]
     assert len(thresholds) == 3 and thresholds[0] == thresholds[1] == thresholds[2]
+
+
+def test_the_synthetic_paper_grid_config_is_the_papers_grid_at_brats_size():
+    """configs/paper-grid-synthetic.toml (issue 16's GPU workload): 47,232 phantom slices of
+    128×128, the paper's BraTS grid and training recipe."""
+    from wsss_bench.core.presets import PRESETS
+
+    path = Path(__file__).parent.parent / "configs" / "paper-grid-synthetic.toml"
+    config = config_of(["--config", str(path)])
+    phantom = config.options["phantom"]
+    assert int(phantom["n_cases"]) * int(phantom["n_slices"]) == 47_232
+    assert phantom["size"] == "128" and config.dataset == "phantom" and config.folds == 3
+    brats = PRESETS["paper"]["brats"]
+    for name in ("backbones", "cams", "ensembles", "epochs", "batch_size", "lr",
+                 "threshold_step", "calibrate", "precise_bn", "cam_target"):
+        assert getattr(config, name) == brats[name], name
+    assert config.filters == ("none", "center-box")  # phantom has no brain band

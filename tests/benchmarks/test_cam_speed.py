@@ -121,7 +121,8 @@ def _check_maps(maps: object) -> None:
 
 @contextmanager
 def _ours(model, x, method) -> Iterator[Callable[[], object]]:
-    yield lambda: method.cam(model, model.layer4, x, TARGET_CLASS)
+    target = torch.full((BATCH,), TARGET_CLASS, dtype=torch.long)
+    yield lambda: method.cam(model, model.layer4, x, target)
 
 
 @contextmanager
@@ -185,8 +186,9 @@ def test_cam(benchmark, setup, key):
 def test_ours_smoothgradcampp(benchmark, setup):
     model, x = setup
     method = SmoothGradCAMPlusPlus(samples=SMOOTH_SAMPLES)
+    target = torch.full((BATCH,), TARGET_CLASS, dtype=torch.long)
     _check_maps(_measure(benchmark, "ours_smoothgradcampp",
-                         lambda: method.cam(model, model.layer4, x, TARGET_CLASS),
+                         lambda: method.cam(model, model.layer4, x, target),
                          rounds=SMOOTH_ROUNDS))
 
 

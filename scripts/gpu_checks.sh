@@ -13,7 +13,7 @@
 set -uo pipefail
 out=${1:?usage: scripts/gpu_checks.sh OUT_DIR [wsss-bench run flags]}
 shift
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)  # absolute: the script moves to the repository
 cd "$(dirname "$0")/.."
 status=0
 fail() { [ "$status" -eq 0 ] && status=$1; }

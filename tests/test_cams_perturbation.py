@@ -24,6 +24,10 @@ from wsss_bench_plugins.cams_perturbation import (
     SSCAM,
     AblationCAM,
     ScoreCAM,
+    _nonzero_channels,
+    _pairs,
+    _shared_prefix_logits,
+    clean_pass,
     select_channels,
 )
 
@@ -339,11 +343,27 @@ def test_masked_forwards_are_batched_and_top_k_cuts_them(net, method, per_image)
     assert 0 < sum(calls[1:]) <= 2 * per_image  # all-zero channels are not forwarded
 
 
+def test_the_probe_rejects_a_model_whose_clean_copy_changes(net):
+    """Right shapes, wrong values: a head that depends on the batch size fails the probe (its
+    clean copy's logits differ from the clean pass's), so no shared-prefix logits are used."""
+    x, target = images(), torch.tensor(MIXED)
+    model = Tail(net, "count").eval()
+    raw, logits, _ = clean_pass(model, model.net.layer4, x, target)
+    pairs = _pairs(_nonzero_channels(raw.float()))
+    assert _shared_prefix_logits(model, model.net.layer4, x, raw, logits, *pairs, 16) is None
+    plain = Tail(net, "add").eval()
+    raw, logits, _ = clean_pass(plain, plain.net.layer4, x, target)
+    pairs = _pairs(_nonzero_channels(raw.float()))
+    shared = _shared_prefix_logits(plain, plain.net.layer4, x, raw, logits, *pairs, 16)
+    assert shared is not None and shared.shape == (len(pairs[0]), 2)
+
+
 class Tail(nn.Module):
     """test_resnet's layers after layer4, made to reach back before layer4 (``mode``):
     ``add``: the pooled stem output joins the logits (broadcasts from batch 1: shared prefix);
     ``batch``: the batch size read before layer4 shapes the features (an expanded batch
-    breaks it: full forwards)."""
+    breaks it: full forwards); ``count``: the logits depend on the number of rows (the probe's
+    clean copy comes out wrong)."""
 
     def __init__(self, net: nn.Module, mode: str) -> None:
         super().__init__()
@@ -358,6 +378,8 @@ class Tail(nn.Module):
         if self.mode == "batch":
             pooled = pooled.reshape(x.shape[0], -1)
         out = n.fc(pooled)
+        if self.mode == "count":
+            return out + 0.1 * out.shape[0]
         return out + self.side(stem.mean((2, 3))) if self.mode == "add" else out
 
 
@@ -370,7 +392,11 @@ def test_ablationcam_shares_the_prefix_where_the_model_allows_it(net, mode, shar
     handle = model.net.conv1.register_forward_pre_hook(
         lambda _m, inp: calls.append(int(inp[0].shape[0])))
     try:
-        got = AblationCAM(batch_size=16).cam(model, model.net.layer4, x, target)
+        if shared:
+            got = AblationCAM(batch_size=16).cam(model, model.net.layer4, x, target)
+        else:
+            with pytest.warns(UserWarning, match="one full forward per copy"):
+                got = AblationCAM(batch_size=16).cam(model, model.net.layer4, x, target)
     finally:
         handle.remove()
     w, a = ref_ablation_weights(model, x, target.tolist(), layer="net.layer4")
@@ -400,6 +426,7 @@ class Boom(nn.Module):
         return x
 
 
+@pytest.mark.filterwarnings("ignore:ablationcam")  # the probe fails too: full forwards
 @pytest.mark.parametrize("method", CAMS, ids=[c.name for c in CAMS])
 def test_no_hooks_or_grads_left_when_a_masked_forward_raises(net, method):
     model = copy.deepcopy(net)

@@ -133,6 +133,6 @@ def test_the_synthetic_paper_grid_config_is_the_papers_grid_at_brats_size():
     assert phantom["size"] == "128" and config.dataset == "phantom" and config.folds == 3
     brats = PRESETS["paper"]["brats"]
     for name in ("backbones", "cams", "ensembles", "epochs", "batch_size", "lr",
-                 "threshold_step", "calibrate", "precise_bn", "cam_target"):
+                 "threshold_step", "calibrate", "precise_bn", "cam_target", "amp"):
         assert getattr(config, name) == brats[name], name
     assert config.filters == ("none", "center-box")  # phantom has no brain band

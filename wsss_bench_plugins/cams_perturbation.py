@@ -20,6 +20,7 @@ is exactly the full method.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -337,7 +338,7 @@ def _shared_prefix_logits(model: nn.Module, target_layer: nn.Module, images: tor
                 store["rows"] = rows
                 try:
                     y = model(images[b:b + 1])
-                except RuntimeError:
+                except Exception:  # noqa: BLE001 - on the probe: the model cannot share
                     if probe:
                         return None
                     raise
@@ -385,6 +386,10 @@ class AblationCAM:
             ablated_logits = _shared_prefix_logits(model, target_layer, images, raw, logits,
                                                    bi, ki, self.batch_size)
             if ablated_logits is None:
+                warnings.warn(f"ablationcam: {type(model).__name__} cannot run an image's "
+                              f"ablated copies after one pass of the layers before "
+                              f"{type(target_layer).__name__}; one full forward per copy "
+                              f"(same maps, slower)", stacklevel=2)
                 ablated_logits = self._full_forward_logits(model, target_layer, images, raw,
                                                            bi, ki)
         y = logits.gather(1, targets[:, None])[:, 0]

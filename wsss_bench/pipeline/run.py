@@ -136,21 +136,30 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
                 for key, _ in unit.keys:
                     store.release("evaluate", key)
 
+    made: dict[tuple[str, str], float | None] = {}  # (stage, key) -> seconds, units made here
+
+    def commit_trained(unit: TrainUnit, result: train.Trained) -> None:
+        commit_train(plan, store, reporter, unit, result)
+        made[("train", unit.key)] = result.info.get("seconds")
+
     def commit_maps(unit: CamUnit, result: cams.Mapped) -> None:
         commit_cams(store, reporter, unit, result, len(data))
+        made.update({("cams", unit.keys[name][0]): result.seconds[name] for name in result.maps})
         for name, cause in result.failed.items():
             bad_cams.add(unit.keys[name][0])
             store.release("cams", unit.keys[name][0])
             failures.append(f"cams {name} {unit.train.label}: {cause}; nothing was stored "
                             f"for it")
 
-    stage(train.train, pending_train(plan, store, reporter), "train",
-          lambda u, r: commit_train(plan, store, reporter, u, r))
+    with clock.stage("train"):  # finding the stored units counts to their stage
+        todo_train = pending_train(plan, store, reporter)
+    stage(train.train, todo_train, "train", commit_trained)
     for unit in plan.cams:  # the CAMs of a classifier that could not be trained
         if unit.train.key in bad_train:
             bad_cams.update(key for key, _ in unit.keys.values())
-    stage(cams.make_cams, pending_cams(plan, store, reporter, skip=bad_train), "cams",
-          commit_maps)
+    with clock.stage("cams"):
+        todo_cams = pending_cams(plan, store, reporter, skip=bad_train)
+    stage(cams.make_cams, todo_cams, "cams", commit_maps)
     blocked = {u.keys[0][0] for u in plan.evaluate
                if any(k in bad_cams for keys in u.cam_keys for k in keys)}
     with clock.stage("evaluate"):
@@ -163,6 +172,8 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
 
     def commit_eval(unit: EvalUnit, result: list[dict[str, Any]]) -> None:
         found[unit.keys[0][0]] = (unit, commit_evaluate(store, unit, result))
+        made.update({("evaluate", key): r.get("seconds")
+                     for (key, _), r in zip(unit.keys, result, strict=True)})
 
     stage(evaluate.evaluate, todo, "evaluate", commit_eval)
     whole = [pair for key, pair in found.items() if key not in blocked]
@@ -170,16 +181,18 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
                   if u.keys[0][0] not in found or u.keys[0][0] in blocked}
     strides = {u.backbone: store.info("train", u.key)["output_stride"] for u in plan.train
                if u.key not in bad_train}
-    behind = {pair for unit in plan.evaluate for pair in timings.row_units(unit, plan)}
-    seconds = {pair: timings.stored_seconds(store.info(*pair)) for pair in behind
-               if store.ready(*pair)}
-    made_here = {tuple(done.split("/", 1)) for done in store.redone}
+    train_of = timings.train_keys(plan)
 
     def row_timings(units: list[EvalUnit]) -> dict[str, Any]:
-        behind = [pair for unit in units for pair in timings.row_units(unit, plan)]
-        return timings.row_timings(list(dict.fromkeys(behind)), seconds, made_here, clock)
+        behind = [pair for unit in units for pair in timings.row_units(unit, train_of)]
+        return timings.row_timings(list(dict.fromkeys(behind)), seconds, set(made), clock)
 
     with clock.stage("publish"):
+        # units made here: the seconds their results carried; reused units: their unit.json
+        # (verified when the run claimed them, so reading it hashes nothing again)
+        seconds = dict(made)
+        for pair in {p for u in plan.evaluate for p in timings.row_units(u, train_of)} - set(made):
+            seconds[pair] = timings.reused_seconds(store, *pair)
         rows = publish.rows(plan, ctx, whole, strides, reused, reporter, incomplete=incomplete,
                             timing=row_timings)
     complete = [(u, r) for u, r in whole if publish.results_key(u, ctx) not in incomplete]

@@ -27,9 +27,10 @@ STAGES = ("prepare", "train", "cams", "evaluate", "publish")
 
 @dataclass
 class StageClock:
-    """Wall seconds per stage of one run, in :data:`STAGES` order."""
+    """Wall seconds per stage of one run, in :data:`STAGES` order, and since it started."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=lambda: time.perf_counter())
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -46,12 +47,14 @@ class StageClock:
         return {name: round(self.seconds[name], 3) for name in STAGES if name in self.seconds}
 
     def breakdown(self) -> str:
-        """One line: each stage's seconds and share of the stages' total."""
-        total = sum(self.seconds.values())
-        parts = [f"{name} {self.seconds[name]:.1f} s ({self.seconds[name] / total:.0%})"
-                 if total > 0 else f"{name} {self.seconds[name]:.1f} s"
-                 for name in STAGES if name in self.seconds]
-        return f"time: {', '.join(parts)}; total {total:.1f} s"
+        """One line: each stage's seconds and share of the wall time since the clock started;
+        ``other``: the time outside every stage (building the plan, opening the store)."""
+        wall = time.perf_counter() - self.started
+        parts = [(name, self.seconds[name]) for name in STAGES if name in self.seconds]
+        parts.append(("other", max(wall - sum(self.seconds.values()), 0.0)))
+        shown = [f"{name} {s:.1f} s ({s / wall:.0%})" if wall > 0 else f"{name} {s:.1f} s"
+                 for name, s in parts]
+        return f"time: {', '.join(shown)}; total {wall:.1f} s"
 
 
 def evaluate_seconds(seconds: float, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -68,10 +71,23 @@ def stored_seconds(meta: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def row_units(unit: EvalUnit, plan: Plan) -> list[tuple[str, str]]:
+def reused_seconds(store: Any, stage: str, key: str) -> float | None:
+    """The stored seconds of a unit this run reused, from its unit.json (``None``: not stored,
+    e.g. a unit that failed, unreadable, or stored before units recorded their time)."""
+    try:
+        return stored_seconds(store.info(stage, key))
+    except (OSError, ValueError):
+        return None
+
+
+def train_keys(plan: Plan) -> dict[str, str]:
+    """CAM unit key -> the key of the train unit whose classifier made it."""
+    return {key: cam.train.key for cam in plan.cams for key, _ in cam.keys.values()}
+
+
+def row_units(unit: EvalUnit, train_of: dict[str, str]) -> list[tuple[str, str]]:
     """(stage, key) of every store unit behind ``unit``: its evaluate keys, the CAM units it
-    reads and the train units those come from."""
-    train_of = {key: cam.train.key for cam in plan.cams for key, _ in cam.keys.values()}
+    reads and the train units those come from (``train_of``: :func:`train_keys`)."""
     out = [("evaluate", key) for key, _ in unit.keys]
     for keys in unit.cam_keys:
         out += [("cams", key) for key in keys]

@@ -3,6 +3,7 @@ runs with bfloat16 autocast; and the CUDA run itself where a GPU exists."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -57,15 +58,21 @@ def test_mixed_precision_training_runs_and_learns_the_same_task():
     assert abs(accuracy - reference) <= 0.25
 
 
-CHEAP = {"smoothgradcam++": {"samples": 2}, "sscam": {"samples": 2, "top_k": 4},
-         "iscam": {"steps": 2, "top_k": 4}, "scorecam": {"top_k": 4},
+@pytest.fixture(scope="module")
+def cam_model():
+    """One trained resnet18 for every CAM (each test works on its own copy)."""
+    return trained(False).model
+
+
+CHEAP = {"smoothgradcam++": {"samples": 2}, "sscam": {"samples": 1, "top_k": 4},
+         "iscam": {"steps": 1, "top_k": 4}, "scorecam": {"top_k": 4},
          "ablationcam": {"top_k": 4}}  # options that keep the perturbation CAMs quick
 
 
 @pytest.mark.parametrize("cam_name", sorted(REGISTRY.cams))
-def test_cams_with_channels_last_and_amp(cam_name):
+def test_cams_with_channels_last_and_amp(cam_name, cam_model):
     """Every built-in CAM: channels_last gives the same maps, bfloat16 autocast close ones."""
-    model = trained(False).model
+    model = copy.deepcopy(cam_model)  # the test turns it channels_last
     cam = dataclasses.replace(REGISTRY.cams[cam_name], **CHEAP.get(cam_name, {}))
     layer = REGISTRY.backbones["resnet18"].target_layer(model)
     images, _ = data(n=16, seed=2)

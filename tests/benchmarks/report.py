@@ -18,6 +18,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def resnet34_and_batch(batch: int, size: int = 128) -> tuple[object, object]:
+    """The CAM benchmarks' workload: timm resnet34 (1 input channel, 2 classes, seed 0, eval,
+    random init) and a fixed seeded batch [batch, 1, size, size]."""
+    import pytest
+    import torch
+
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet34", pretrained=False, in_chans=1, num_classes=2).eval()
+    x = torch.randn(batch, 1, size, size, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
 def report_targets(table: str, checks: list[tuple[str, float, float]]) -> None:
     """Print ``table`` and the (name, measured, limit) checks; write them to $WSSS_BENCH_TABLE
     when set; fail naming every missed target."""

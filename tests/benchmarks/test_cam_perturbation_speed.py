@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.benchmarks.report import cpu_name, report_targets
+from tests.benchmarks.report import cpu_name, report_targets, resnet34_and_batch
 from wsss_bench_plugins.cams_perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 
 BATCH = int(os.environ.get("WSSS_BENCH_PERTURB_BATCH", "32"))
@@ -40,11 +40,7 @@ RESULTS: dict[str, torch.Tensor] = {}
 
 @pytest.fixture(scope="module")
 def setup():
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("resnet34", pretrained=False, in_chans=1, num_classes=2).eval()
-    x = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    return model, x
+    return resnet34_and_batch(BATCH, SIZE)
 
 
 def _measure(benchmark, key: str, fn: Callable[[], object]) -> torch.Tensor:

@@ -54,7 +54,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.benchmarks.report import report_targets
+from tests.benchmarks.report import report_targets, resnet34_and_batch
 from wsss_bench_plugins.cams import GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus
 
 GROUP = "cam resnet34 b32 128px"
@@ -92,12 +92,7 @@ PGC_PEER = {  # whose pytorch-grad-cam time each row is compared with
 
 @pytest.fixture(scope="module")
 def setup():
-    """timm resnet34 (1 input channel, 2 classes, fixed seed, eval) and a fixed batch."""
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("resnet34", pretrained=False, in_chans=1, num_classes=2).eval()
-    x = torch.randn(BATCH, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    return model, x
+    return resnet34_and_batch(BATCH, SIZE)
 
 
 def _measure(benchmark, key: str, fn: Callable[[], object], rounds: int = ROUNDS) -> object:

@@ -12,7 +12,7 @@ from wsss_bench.core.deviations import DEVIATIONS, KINDS, Deviation
 
 from .conftest import ROOT
 
-FIELDS = ("topic", "paper", "here", "why", "kind", "datasets")
+FIELDS = ("topic", "paper", "here", "why", "kind", "datasets", "methods")
 
 
 def by_topic(topic: str) -> Deviation:

@@ -109,6 +109,9 @@ def build_parser() -> ArgumentParser:
                         f"(default {','.join(d.ensembles)})")
     r.add_argument("--filters", type=_names,
                    help=f"comma-separated filters (default {','.join(d.filters)})")
+    r.add_argument("--methods", type=_names,
+                   help="comma-separated end-to-end methods that train their own network "
+                        "(seam, wss-cmer), evaluated beside the CAM rows (default none)")
     r.add_argument("--folds", type=int, help=f"k of k-fold (default {d.folds})")
     r.add_argument("--folds-file", metavar="JSON",
                    help="use a published patient split instead of the seeded one: "

@@ -28,7 +28,11 @@ from torch import nn
 if TYPE_CHECKING:
     from wsss_bench.download import Archive
 
-KINDS = ("datasets", "backbones", "cams", "ensembles", "filters", "executors")
+KINDS = ("datasets", "backbones", "cams", "ensembles", "filters", "executors", "methods")
+# how messages name one object of each kind
+SINGULAR = {"datasets": "dataset", "backbones": "backbone", "cams": "CAM method",
+            "ensembles": "ensemble", "filters": "filter", "executors": "executor",
+            "methods": "method"}
 
 
 @dataclass(frozen=True)
@@ -238,8 +242,73 @@ class Filter(Protocol):
     def region(self, images: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class MethodContext:
+    """What a :class:`Method`'s ``build`` and ``train`` get from the run.
+
+    ``epochs``, ``batch_size``, ``lr`` and ``seed`` are the run's (``--epochs``,
+    ``--batch-size``, ``--lr``, the unit's derived seed; a method whose optimiser is not the
+    classifiers' SGD keeps its own learning rate as an option). ``device`` is where to compute,
+    ``amp`` whether to use mixed precision there. ``progress(epoch, losses)`` is called by the
+    method after every epoch with its mean loss terms (``{"total": …, "cls": …}``); the core
+    records them and fails a unit whose losses are not finite. ``build_backbone(name, in_chans,
+    output_stride)`` builds an untrained classifier of the backbone registry (``resnet34``,
+    ``timm:<model>``) with two classes; its ``feature_info`` names its stages.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    device: torch.device
+    amp: bool
+    progress: Callable[[int, dict[str, float]], None]
+    build_backbone: Callable[[str, int, int], nn.Module]
+
+
+@runtime_checkable
+class Method(Protocol):
+    """An end-to-end weakly supervised method that trains its own network (SEAM, WSS-CMER).
+
+    ``train(images float32[N,C,H,W], labels int64[N], context)`` trains a model on a fold's
+    training slices with their image labels only (1 = lesion) and returns it (an
+    ``nn.Module`` whose ``state_dict`` the core stores); ``build(in_chans, context)`` makes
+    the same, untrained, model for that state dict to be loaded into. ``maps(model,
+    images[B,C,H,W])`` (eval mode, no gradient needed) returns ``(maps, logits)``: ``maps``
+    float ``torch.Tensor[K,B,H,W]`` at input resolution, in [0, 1], finite, high = lesion, K =
+    ``len(outputs(C))``; ``logits`` float ``[B, 2]``, the slice predictions (``--gate``
+    zeroes the maps of slices predicted 0). ``outputs(in_chans)`` names the K maps (each is a
+    leaderboard row, ``method / output / filter``): e.g. ``("refined",)`` or one per input
+    channel. A method uses ``context.seed`` for every random choice: the same seed gives the
+    same maps.
+
+    Declared attributes:
+
+    - ``min_channels: int``: the input channels it needs (WSS-CMER: one network per modality,
+      so 2); a run with fewer is refused before anything is trained.
+    - ``cam_head: bool``: True when the trained model's ``forward(images)`` returns logits
+      ``[B, 2]`` and the method has ``target_layer(model) -> nn.Module``: ``--cams`` then also
+      run on it (rows ``method / gradcam / filter``).
+    """
+
+    name: str
+    description: str
+    min_channels: int
+    cam_head: bool
+
+    def outputs(self, in_chans: int) -> tuple[str, ...]: ...
+
+    def build(self, in_chans: int, context: MethodContext) -> nn.Module: ...
+
+    def train(self, images: np.ndarray, labels: np.ndarray, context: MethodContext
+              ) -> nn.Module: ...
+
+    def maps(self, model: nn.Module, images: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 PROTOCOLS: dict[str, type] = {"datasets": Dataset, "backbones": Backbone, "cams": Cam,
-                              "ensembles": Ensemble, "filters": Filter}
+                              "ensembles": Ensemble, "filters": Filter, "methods": Method}
 
 
 # --- declared attributes: each a check of the value, returning what is wrong ("" = ok) ----
@@ -251,6 +320,11 @@ def _is_bool(value: Any) -> str:
 def _is_int(value: Any) -> str:
     ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
     return "" if ok else "must be an int"
+
+
+def _is_positive_int(value: Any) -> str:
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1
+    return "" if ok else "must be an int of at least 1"
 
 
 def _is_str(value: Any) -> str:
@@ -304,6 +378,7 @@ DECLARED: dict[str, dict[str, Check]] = {
                   "slice_rule": _is_slice_rule, "fuses": _is_bool},
     "filters": {"learned": _is_bool},
     "executors": {},
+    "methods": {"min_channels": _is_positive_int, "cam_head": _is_bool},
 }
 
 # methods a declared value promises: (attribute, value) -> methods that must then exist
@@ -311,6 +386,7 @@ PROMISED: dict[str, dict[tuple[str, Any], tuple[str, ...]]] = {
     "datasets": {("reads_files", True): ("sources", "load"), ("reads_files", False): ("cases",)},
     "ensembles": {("fuses", True): ("fuse",)},
     "filters": {("learned", True): ("fit",)},
+    "methods": {("cam_head", True): ("target_layer",)},
 }
 
 
@@ -471,3 +547,26 @@ def logits_problem(out: Any, batch: int, num_classes: int) -> str:
     if wrong := _non_finite(values):
         return f"model returned {wrong} logits"
     return ""
+
+
+def method_maps_problem(out: Any, shape: tuple[int, ...], k: int) -> str:
+    """A method's ``maps`` for a batch of images ``shape`` [B,C,H,W]: a pair (float
+    ``torch.Tensor[K,B,H,W]`` finite in [0, 1], logits ``[B, 2]`` finite)."""
+    if not isinstance(out, tuple) or len(out) != 2:
+        return f"maps returned a {type(out).__name__}; expected a pair (maps, logits)"
+    maps, logits = out
+    expected = (k, shape[0], *shape[2:])
+    if not isinstance(maps, torch.Tensor):
+        return f"maps returned maps of type {type(maps).__name__}, not a torch.Tensor [K,B,H,W]"
+    values = _values(maps)
+    if tuple(values.shape) != expected:
+        return (f"maps returned maps of shape {tuple(values.shape)} for images {tuple(shape)}; "
+                f"expected {expected} (K = {k} outputs)")
+    if not np.issubdtype(values.dtype, np.floating):
+        return f"maps returned maps of dtype {values.dtype}; expected floating point"
+    if wrong := _non_finite(values):
+        return f"maps returned {wrong} in its maps"
+    low, high = float(values.min()), float(values.max())
+    if low < -CAM_TOLERANCE or high > 1 + CAM_TOLERANCE:
+        return f"maps returned values in [{low:.4g}, {high:.4g}]; maps must lie in [0, 1]"
+    return logits_problem(logits, shape[0], 2)

@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from wsss_bench import contracts
+from wsss_bench.contracts import SINGULAR
 from wsss_bench.errors import PluginOutputError, UsageError
-
-SINGULAR = {"datasets": "dataset", "backbones": "backbone", "cams": "CAM method",
-            "ensembles": "ensemble", "filters": "filter", "executors": "executor"}
 
 
 @functools.cache

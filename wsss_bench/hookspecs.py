@@ -60,3 +60,10 @@ def register_filters(register: Register) -> None:
 def register_executors(register: Register) -> None:
     """Register executors (:class:`wsss_bench.contracts.Executor`): where a stage's units run
     (``--executor NAME``; built-ins ``local``, ``processes`` and ``ray``)."""
+
+
+@hookspec
+def register_methods(register: Register) -> None:
+    """Register end-to-end methods (:class:`wsss_bench.contracts.Method`): weakly supervised
+    methods that train their own network from image labels and map slices to score maps
+    (SEAM, WSS-CMER; ``--methods NAME``), evaluated beside the CAM rows."""

@@ -22,19 +22,11 @@ from typing import Any, Protocol, runtime_checkable
 import pluggy
 
 from wsss_bench import hookspecs
-from wsss_bench.contracts import KINDS, declared_problems
+from wsss_bench.contracts import KINDS, SINGULAR, declared_problems
 from wsss_bench.errors import PluginError, UsageError
 
 BLOCK_ENV = "WSSS_BENCH_BLOCK_PLUGINS"
 HOOK_FOR_KIND = {kind: f"register_{kind}" for kind in KINDS}
-SINGULAR = {
-    "datasets": "dataset",
-    "backbones": "backbone",
-    "cams": "CAM method",
-    "ensembles": "ensemble",
-    "filters": "filter",
-    "executors": "executor",
-}
 
 
 FAMILY_SUFFIX = ":"
@@ -147,7 +139,8 @@ class Kind(Mapping[str, Any]):
 
 @dataclass
 class Registry:
-    """Every registered dataset, backbone, CAM method, ensemble, filter and executor."""
+    """Every registered dataset, backbone, CAM method, ensemble, filter, executor and
+    end-to-end method."""
 
     datasets: Kind = field(default_factory=lambda: Kind("datasets"))
     backbones: Kind = field(default_factory=lambda: Kind("backbones"))
@@ -155,6 +148,7 @@ class Registry:
     ensembles: Kind = field(default_factory=lambda: Kind("ensembles"))
     filters: Kind = field(default_factory=lambda: Kind("filters"))
     executors: Kind = field(default_factory=lambda: Kind("executors"))
+    methods: Kind = field(default_factory=lambda: Kind("methods"))
     skipped: list[str] = field(default_factory=list)
 
     def kind(self, kind: str) -> Kind:

@@ -35,6 +35,7 @@ from wsss_bench import contracts
 from wsss_bench.contracts import (
     KINDS,
     PROTOCOLS,
+    SINGULAR,
     SLICE_RULES,
     Case,
     CaseFiles,
@@ -43,9 +44,6 @@ from wsss_bench.contracts import (
     pixel_rule_count,
 )
 from wsss_bench.options import option_problems
-
-SINGULAR = {"datasets": "dataset", "backbones": "backbone", "cams": "CAM method",
-            "ensembles": "ensemble", "filters": "filter", "executors": "executor"}
 
 
 class _Check:
@@ -527,9 +525,93 @@ def _trial(c: _Check, obj: Any, units: list[KitUnit], got: list[tuple[Any, Any]]
         c.that(False, "a unit whose stage raised did not end the run with UnitFailed")
 
 
+# --- methods --------------------------------------------------------------------------------
+
+def method_slices(n: int = 8, in_chans: int = 2, size: int = 32, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` small slices (float32[n,C,size,size]) with image labels (int64[n]): noise, and a
+    bright square in every channel of the odd-numbered (positive) slices."""
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0.0, 0.3, size=(n, in_chans, size, size)).astype(np.float32)
+    labels = (np.arange(n) % 2).astype(np.int64)
+    for i in np.flatnonzero(labels):
+        y, x = rng.integers(2, size // 2, size=2)
+        images[i, :, y : y + size // 4, x : x + size // 4] += 0.7
+    return images, labels
+
+
+def check_method(obj: Any, n: int = 8, size: int = 32, batch_size: int = 4) -> None:
+    """An end-to-end method trained for one epoch on :func:`method_slices`: ``outputs`` names
+    its maps; ``train`` returns a model and reports one finite loss per epoch through
+    ``context.progress``; ``maps`` gives [K,B,H,W] in [0, 1] and logits [B,2] (samples
+    independent, no hooks left); the stored state dict loads into ``build`` and gives the same
+    maps; the same seed trains the same model; fewer channels than ``min_channels`` is a
+    ValueError; a CAM head's forward gives logits [B,2] and its target layer is a submodule."""
+    from wsss_bench.pipeline.methods import method_context
+
+    c = _Check("methods", obj)
+    c.basics()
+    before = _state(obj)
+    in_chans = max(2, int(obj.min_channels))
+    names = c.call("outputs()", lambda: obj.outputs(in_chans))
+    c.that(isinstance(names, tuple) and names and all(isinstance(o, str) and o for o in names)
+           and len(set(names)) == len(names),
+           f"outputs({in_chans}) must be a non-empty tuple of distinct names, got {names!r}")
+    images, labels = method_slices(n, in_chans, size)
+    seen: list[tuple[int, dict[str, float]]] = []
+
+    def trained(seed: int) -> nn.Module:
+        ctx = method_context(seed=seed, epochs=1, batch_size=batch_size,
+                             progress=lambda e, losses: seen.append((e, dict(losses))))
+        model = c.call("train()", lambda: obj.train(images.copy(), labels.copy(), ctx))
+        c.that(isinstance(model, nn.Module), f"train() returned a {type(model).__name__}, "
+                                             f"not an nn.Module")
+        return model
+
+    model = trained(0)
+    c.that(len(seen) == 1 and np.isfinite(seen[0][1].get("total", np.nan)),
+           f"train() for 1 epoch must call context.progress once with a finite 'total', "
+           f"got {seen}")
+    x = torch.from_numpy(images[:3].copy())
+    hooks = _hooks(model)
+    out = c.call("maps()", lambda: obj.maps(model.eval(), x))
+    problem = contracts.method_maps_problem(out, tuple(x.shape), len(names))
+    c.that(not problem, problem)
+    c.that(_hooks(model) == hooks, "maps() left hooks on the model")
+    alone = c.call("maps()", lambda: obj.maps(model, x[1:2]))[0]
+    c.that(torch.allclose(alone.float(), out[0][:, 1:2].float(), atol=1e-4),
+           "a sample's maps depend on the other samples of its batch")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rebuilt = c.call("build()", lambda: obj.build(in_chans, method_context()))
+    c.call("load_state_dict(strict)", lambda: rebuilt.load_state_dict(state))
+    again = c.call("maps()", lambda: obj.maps(rebuilt.eval(), x))
+    c.that(torch.allclose(again[0].float(), out[0].float(), atol=1e-5),
+           "a model rebuilt with build() and the trained state dict gives other maps")
+    same = c.call("maps()", lambda: obj.maps(trained(0).eval(), x))
+    c.that(torch.equal(same[0], out[0]), "training twice with the same seed gives other maps")
+    if obj.min_channels > 1:
+        few = np.ascontiguousarray(images[:, : obj.min_channels - 1])
+        try:
+            obj.build(obj.min_channels - 1, method_context())
+        except ValueError as exc:
+            c.that("\n" not in str(exc), "the error for too few channels must be one line")
+        else:
+            raise AssertionError(f"{c.label}: build() with {few.shape[1]} channel(s) must "
+                                 f"raise ValueError (min_channels = {obj.min_channels})")
+    if obj.cam_head:
+        logits = c.call("forward()", lambda: model(x))
+        problem = contracts.logits_problem(logits, len(x), 2)
+        c.that(not problem, f"cam_head: {problem}")
+        layer = c.call("target_layer()", lambda: obj.target_layer(model))
+        c.that(any(layer is m for m in model.modules()),
+               "target_layer() must return a submodule of the model")
+    c.that(_state(obj) == before, "training changed the registered object")
+
+
 CHECKS: dict[str, Callable[..., None]] = {
     "datasets": check_dataset, "backbones": check_backbone, "cams": check_cam,
     "ensembles": check_ensemble, "filters": check_filter, "executors": check_executor,
+    "methods": check_method,
 }
 
 

@@ -37,6 +37,9 @@ class Deviation:
     why: str
     kind: str   # one of KINDS
     datasets: tuple[str, ...] = ()  # the datasets it concerns; () = all
+    # an end-to-end method's port (``paper`` is then its reference implementation): the entry
+    # concerns the runs that use one of these methods
+    methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -216,9 +219,12 @@ DEVIATIONS: tuple[Deviation, ...] = (
 )
 
 
-def for_run(dataset: str) -> list[Deviation]:
-    """The entries that concern ``dataset`` (those for all datasets included), in list order."""
-    return [d for d in DEVIATIONS if d.concerns(dataset)]
+def for_run(dataset: str, methods: Iterable[str] = ()) -> list[Deviation]:
+    """The entries that concern ``dataset`` (those for all datasets included) and, of the
+    entries about an end-to-end method's port, those of ``methods``, in list order."""
+    used = set(methods)
+    return [d for d in DEVIATIONS
+            if d.concerns(dataset) and (not d.methods or used & set(d.methods))]
 
 
 def _as_dict(entry: Deviation | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -244,9 +250,11 @@ def render_markdown(entries: Iterable[Deviation | Mapping[str, Any]]) -> str:
     lines: list[str] = []
     for entry in map(_as_dict, entries):
         datasets = ", ".join(f"`{d}`" for d in entry.get("datasets") or ()) or "all datasets"
-        lines.append(f"- **{entry['topic']}** ({entry['kind']}; {datasets})")
-        for label, key in (("Paper / authors' code", "paper"), ("wsss-bench", "here"),
-                           ("Why", "why")):
+        methods = entry.get("methods") or ()
+        used = f"; `--methods {','.join(methods)}`" if methods else ""
+        lines.append(f"- **{entry['topic']}** ({entry['kind']}; {datasets}{used})")
+        source = "Reference implementation" if methods else "Paper / authors' code"
+        for label, key in ((source, "paper"), ("wsss-bench", "here"), ("Why", "why")):
             lines += _wrap(f"{label}: {entry[key]}", "  - ", "    ")
     return "\n".join(lines) + "\n"
 

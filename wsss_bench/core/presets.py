@@ -115,7 +115,7 @@ def options_for_used(options: dict[str, dict[str, str]] | None, config: Any
     """A preset's plugin options, without those of plugins the run does not use (e.g. the
     ResNet-50 weight tag when ``--backbones`` replaces the preset's backbones)."""
     used = {config.dataset, *config.backbones, *config.cams, *config.ensembles,
-            *config.filters}
+            *config.filters, *config.methods}
     return {p: dict(v) for p, v in (options or {}).items() if p in used}
 
 
@@ -157,7 +157,7 @@ def overrides(config: Any, registry: Any) -> list[str]:
     preset_options = wanted.get("options", {})
     for kind, names in (("datasets", (config.dataset,)), ("backbones", config.backbones),
                         ("cams", config.cams), ("ensembles", config.ensembles),
-                        ("filters", config.filters)):
+                        ("filters", config.filters), ("methods", config.methods)):
         for name, obj in zip(names, resolve(registry, kind, list(names)), strict=True):
             want_obj = options.configure(obj, preset_options.get(name, {}))
             have_obj = options.configure(obj, config.options.get(name, {}))

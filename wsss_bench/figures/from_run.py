@@ -78,6 +78,15 @@ def write_run_figures(plan: Plan, ctx: Context, evaluations: list[tuple[EvalUnit
                         lambda p, m=methods, c=cam, f=filt: draw.overlays(
                             p, overlay_slices(plan, ctx, m),
                             f"{plan.config.dataset}: {c} CAMs, filter {f}{note}"))
+    for name in plan.config.methods:  # an end-to-end method's own maps
+        for filt in plan.config.filters:
+            methods = [(u, r) for u, r in mine if u.group == (name,) and u.filter == filt
+                       and u.cam in plan.outputs.get(name, ())]
+            if methods:
+                attempt(out / f"overlays-{slug(name)}-{slug(filt)}.png",
+                        lambda p, m=methods, n=name, f=filt: draw.overlays(
+                            p, overlay_slices(plan, ctx, m),
+                            f"{plan.config.dataset}: {n} maps, filter {f}{note}"))
     for unit, results in _per_method(mine):
         method = (f"{unit.ensemble}({','.join(unit.group)})" if unit.ensemble
                   else unit.group[0])
@@ -178,11 +187,17 @@ def overlay_slices(plan: Plan, ctx: Context, methods: list[tuple[EvalUnit, list[
                 key = unit.cam_keys[unit.folds.index(fold)][unit.group.index(backbone)]
                 cam = np.asarray(ctx.cams(key)[index], dtype=np.float32)
                 panels.append(draw.OverlayPanel(f"{backbone} {unit.cam}", "cam", cam))
+        for unit, _ in done:  # an end-to-end method's maps
+            if unit.group[0] in plan.config.methods and not unit.ensemble:
+                key = unit.cam_keys[unit.folds.index(fold)][0]
+                cam = np.asarray(ctx.cams(key)[index], dtype=np.float32)
+                panels.append(draw.OverlayPanel(f"{unit.group[0]} {unit.cam}", "cam", cam))
         for unit, result in done:
             mask = _mask(ctx, unit, fold, result["thresholds"], index)
             dice = float(foreground_dice(slice_counts(mask[None], gt[None]))[0])
             name = (f"{unit.ensemble}({','.join(unit.group)})" if unit.ensemble
-                    else unit.group[0])
+                    else unit.group[0] if unit.group[0] not in plan.config.methods
+                    else f"{unit.group[0]} {unit.cam}")
             panels.append(draw.OverlayPanel(name, "mask", mask, caption=f"Dice {dice:.2f}"))
         case = str(data.case_ids[index])
         out.append(draw.OverlaySlice(f"{case} #{index} (fold {fold + 1})", image, gt, panels))

@@ -29,7 +29,12 @@ class Mapped:
 
 
 def make_cams(unit: CamUnit, ctx: Context) -> Mapped:
-    """The CAMs of every slice's CAM view for the methods ``unit.todo`` (the stage function)."""
+    """The CAMs of every slice's CAM view for the methods ``unit.todo`` (the stage function);
+    a trained method's unit makes its maps (:func:`wsss_bench.pipeline.methods.make_maps`)."""
+    if unit.train.kind == "methods":
+        from wsss_bench.pipeline.methods import make_maps
+
+        return make_maps(unit, ctx)
     plan = ctx.plan
     backbone = ctx.plugin("backbones", unit.train.backbone)
     who = guards.label("backbones", backbone, plan.versions)

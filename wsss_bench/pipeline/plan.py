@@ -29,7 +29,7 @@ from wsss_bench.errors import UsageError
 from wsss_bench.pipeline.settings import FORCE_STAGES, MIN_CAM_CELLS, RunConfig, settings_of
 from wsss_bench.registry import Registry, resolve
 
-PLUGIN_KINDS = ("datasets", "backbones", "cams", "ensembles", "filters")
+PLUGIN_KINDS = ("datasets", "backbones", "cams", "ensembles", "filters", "methods")
 
 
 def derived_seed(*parts: object) -> int:
@@ -68,7 +68,8 @@ class PrepareUnit:
 
 @dataclass(frozen=True)
 class TrainUnit:
-    """Train one classifier: ``backbone`` on every case outside fold ``fold``, seed ``seed``."""
+    """Train one classifier: ``backbone`` on every case outside fold ``fold``, seed ``seed``;
+    with ``kind`` ``"methods"``, train the end-to-end method of that name instead."""
 
     backbone: str
     fold: int
@@ -77,6 +78,7 @@ class TrainUnit:
     description: dict[str, Any]
     label: str  # "resnet18 fold 1/3" (with the seed when there are several)
     validation: tuple[str, ...]  # the held-out cases (the complement of train_cases)
+    kind: str = "backbones"  # or "methods"
 
     def describe(self) -> str:
         return f"train {self.label} ({self.key})"
@@ -87,7 +89,9 @@ class TrainUnit:
 
 @dataclass(frozen=True)
 class CamUnit:
-    """The CAMs of one classifier, one store unit per CAM method (``keys`` by method)."""
+    """The CAMs of one classifier, one store unit per CAM method (``keys`` by method); for a
+    method's train unit, one store unit per named output of the method (and per CAM method
+    when its model has a CAM head)."""
 
     train: TrainUnit
     keys: dict[str, tuple[str, dict[str, Any]]]  # CAM method -> (key, description)
@@ -169,6 +173,10 @@ class Plan:
     cams: tuple[CamUnit, ...] = ()
     evaluate: tuple[EvalUnit, ...] = ()
     options: dict[str, dict[str, str]] = field(default_factory=dict)
+    # end-to-end methods: the declared input channels they need and whether --cams run on them
+    min_channels: dict[str, int] = field(default_factory=dict)
+    cam_heads: frozenset[str] = frozenset()
+    outputs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # known with the data
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -181,7 +189,8 @@ class Plan:
         """Validate ``config`` against ``registry`` and resolve everything but the data."""
         config.validate()
         names = {"datasets": (config.dataset,), "backbones": config.backbones,
-                 "cams": config.cams, "ensembles": config.ensembles, "filters": config.filters}
+                 "cams": config.cams, "ensembles": config.ensembles, "filters": config.filters,
+                 "methods": config.methods}
         executor, devices = _executor_of(config)
         objs = {kind: dict(zip(names[kind], resolve(registry, kind, list(names[kind])),
                                strict=True)) for kind in PLUGIN_KINDS}
@@ -243,33 +252,70 @@ class Plan:
             prepare=PrepareUnit(config.dataset, config.data_dir,
                                 str(Path(config.workdir) / "cache"), config.image_size,
                                 config.workers, "prepare" in force),
-            options={k: dict(v) for k, v in config.options.items()})
+            options={k: dict(v) for k, v in config.options.items()},
+            min_channels={n: int(o.min_channels) for n, o in objs["methods"].items()},
+            cam_heads=frozenset(n for n, o in objs["methods"].items() if o.cam_head))
 
     def with_data(self, origin: str, shape: tuple[int, ...], case_ids: list[str],
-                  folds: list[list[str]]) -> Plan:
-        """The plan with its data identity and split, and every unit listed."""
+                  folds: list[list[str]],
+                  outputs: dict[str, tuple[str, ...]] | None = None) -> Plan:
+        """The plan with its data identity and split, and every unit listed; ``outputs``:
+        each method's named outputs for the data's channels (``Method.outputs``)."""
         plan = dataclasses.replace(self, data_origin=origin, in_chans=int(shape[1]),
                                    image_size=int(shape[-1]),
-                                   folds=tuple(tuple(f) for f in folds))
+                                   folds=tuple(tuple(f) for f in folds),
+                                   outputs={m: tuple(o) for m, o in (outputs or {}).items()})
+        plan._check_methods()
         cases = sorted(set(case_ids))
         train = tuple(plan._train_unit(cases, seed, fold, b) for seed in plan.seeds
                       for fold in range(len(folds)) for b in plan.config.backbones)
         cams = tuple(CamUnit(t, {c: plan.cam_key(t.key, c) for c in plan.config.cams})
                      for t in train)
-        plan = dataclasses.replace(plan, train=train, cams=cams)
+        method_train = tuple(plan._method_unit(cases, seed, fold, m) for seed in plan.seeds
+                             for fold in range(len(folds)) for m in plan.config.methods)
+        method_maps = tuple(CamUnit(t, {**{o: plan.output_key(t.key, t.backbone, o)
+                                           for o in plan.outputs[t.backbone]},
+                                        **{c: plan.cam_key(t.key, c) for c in plan.config.cams
+                                           if t.backbone in plan.cam_heads}})
+                            for t in method_train)
+        plan = dataclasses.replace(plan, train=train + method_train, cams=cams + method_maps)
         return dataclasses.replace(plan, evaluate=plan._eval_units())
+
+    def _check_methods(self) -> None:
+        """Every method gets the channels it declares, and one name per map it makes."""
+        for name in self.config.methods:
+            need = self.min_channels[name]
+            if self.in_chans < need:
+                raise UsageError(
+                    f"--methods {name}: needs at least {need} input channels, and dataset "
+                    f"{self.config.dataset!r} gives {self.in_chans}; choose a dataset with "
+                    f"more modalities (e.g. -o phantom.channels=2 or -o brats.modalities="
+                    f"flair,t1ce) or drop {name}")
+            names = self.outputs.get(name, ())
+            if not names or len(set(names)) != len(names):
+                raise UsageError(f"method {name!r}: outputs() returned {names!r}; expected "
+                                 f"distinct names; fix the method plugin")
+            if name in self.cam_heads and (clash := set(names) & set(self.config.cams)):
+                raise UsageError(f"method {name!r}: output(s) {sorted(clash)} have the names "
+                                 f"of CAM methods of this run; drop them from --cams")
 
     def label(self, seed: int, fold: int) -> str:
         text = f"fold {fold + 1}/{len(self.folds)}"
         return text if len(self.seeds) == 1 else f"{text} seed {seed}"
 
     def methods(self) -> list[tuple[str, str, str | None, tuple[str, ...]]]:
-        """(CAM, filter, ensemble or None, backbones) of every evaluated method."""
+        """(CAM, filter, ensemble or None, backbones) of every evaluated method; an end-to-end
+        method's rows are (output or CAM, filter, None, (method,)), one per output (and per
+        CAM method when its model has a CAM head)."""
         cfg = self.config
-        return [(c, f, e, group) for c in cfg.cams for f in cfg.filters
-                for e in [None, *cfg.ensembles]
-                for group in ([(b,) for b in cfg.backbones] if e is None
-                              else [tuple(cfg.backbones)])]
+        out = [(c, f, e, group) for c in cfg.cams for f in cfg.filters
+               for e in [None, *cfg.ensembles]
+               for group in ([(b,) for b in cfg.backbones] if e is None
+                             else [tuple(cfg.backbones)])]
+        for m in cfg.methods:
+            maps = [*self.outputs.get(m, ()), *(cfg.cams if m in self.cam_heads else ())]
+            out += [(o, f, None, (m,)) for o in maps for f in cfg.filters]
+        return out
 
     def output_stride(self) -> int:
         if self.config.output_stride == "auto":
@@ -298,6 +344,37 @@ class Plan:
         }
         return TrainUnit(backbone, fold, seed, digest(["train", description]), description,
                          f"{backbone} {self.label(seed, fold)}", tuple(self.folds[fold]))
+
+    def _method_unit(self, cases: list[str], seed: int, fold: int, method: str) -> TrainUnit:
+        """Train end-to-end method ``method`` on fold ``fold``'s training cases."""
+        cfg = self.config
+        description = {
+            "data": self.data_origin,
+            "train_cases": sorted(set(cases) - set(self.folds[fold])),
+            "method": method,
+            "plugin": self.versions.get(method),
+            "dataset_plugin": self.versions.get(cfg.dataset),
+            "device_type": self.device.split(":")[0],
+            "settings": self.key_settings[method],
+            "in_chans": self.in_chans,
+            "training": self.training_settings(),
+            "seed": derived_seed(seed, cfg.dataset, fold, "method", method),
+            "amp": self.amp,
+            "predict_batch": cfg.cam_batch_size,
+        }
+        return TrainUnit(method, fold, seed, digest(["train", description]), description,
+                         f"{method} {self.label(seed, fold)}", tuple(self.folds[fold]),
+                         kind="methods")
+
+    def output_key(self, train_key: str, method: str, output: str
+                   ) -> tuple[str, dict[str, Any]]:
+        """The store unit of one named output of a trained method (its maps of every slice)."""
+        description = {"train": train_key, "method": method, "output": output,
+                       "plugin": self.versions.get(method),
+                       "device_type": self.device.split(":")[0],
+                       "settings": self.key_settings[method], "gate": self.config.gate,
+                       "amp": self.amp}
+        return digest(["cams", description]), description
 
     def training_settings(self) -> dict[str, Any]:
         """Precise-BN is named only when off, so the keys of units made before the switch

@@ -36,7 +36,7 @@ def prepare(plan: Plan, dataset: Any, reporter: Reporter) -> SliceSet:
     t0 = time.perf_counter()
     if not plan.reads_files:
         data = collect(dataset, data_dir(plan), unit.image_size)
-        settings = plan.plugin_settings[unit.dataset]
+        settings = plan.key_settings[unit.dataset]  # without declared-neutral values
         origin = f"generated/{unit.dataset}-{digest([settings, unit.image_size])}"
         data = dataclasses.replace(data, origin=origin)
     else:

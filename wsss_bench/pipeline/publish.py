@@ -177,7 +177,7 @@ def run_and_publish(config: RunConfig, registry: Registry, reporter: Reporter,
         from wsss_bench.core import deviations, presets
 
         header["deviations"] = [dataclasses.asdict(d)
-                                for d in deviations.for_run(config.dataset)]
+                                for d in deviations.for_run(config.dataset, config.methods)]
         header["preset_overrides"] = presets.overrides(config, registry)
     with outcome.clock.stage("publish"):
         board = publish(config, outcome, found_rows, header, reporter)

@@ -89,7 +89,8 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
     with clock.stage("prepare"):
         data = prepare(plan, ctx.plugin("datasets", config.dataset), reporter)
         folds = split(config, data)
-    plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds)
+    plan = plan.with_data(data.origin, data.images.shape, data.case_ids.tolist(), folds,
+                          outputs=method_outputs(ctx, int(data.images.shape[1])))
     store = Store(config.workdir, plan.force, checks={"evaluate": evaluation_outdated})
     if stored_only is not None and (missing := _missing(plan, store)):
         raise UsageError(f"{len(missing)} unit(s) of this board's run are not stored in "
@@ -180,7 +181,7 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
     incomplete = {publish.results_key(u, ctx) for u in plan.evaluate
                   if u.keys[0][0] not in found or u.keys[0][0] in blocked}
     strides = {u.backbone: store.info("train", u.key)["output_stride"] for u in plan.train
-               if u.key not in bad_train}
+               if u.key not in bad_train and u.kind == "backbones"}
     train_of = timings.train_keys(plan)
 
     def row_timings(units: list[EvalUnit]) -> dict[str, Any]:
@@ -197,6 +198,23 @@ def _execute(config: RunConfig, registry: Registry, reporter: Reporter | None,
                             timing=row_timings)
     complete = [(u, r) for u, r in whole if publish.results_key(u, ctx) not in incomplete]
     return Outcome(rows, folds, failures, plan, ctx, complete, clock)
+
+
+def method_outputs(ctx: Context, in_chans: int) -> dict[str, tuple[str, ...]]:
+    """Each end-to-end method's named outputs for ``in_chans`` input channels (checked by
+    the plan: the channels it needs, distinct names)."""
+    from wsss_bench import guards
+
+    out = {}
+    for name in ctx.plan.config.methods:
+        method = ctx.plugin("methods", name)
+        if in_chans < ctx.plan.min_channels[name]:
+            out[name] = ()  # the plan refuses it with the reason
+            continue
+        names = guards.call(guards.label("methods", method, ctx.plan.versions),
+                            method.outputs, in_chans)
+        out[name] = tuple(names) if isinstance(names, tuple | list) else ()
+    return out
 
 
 def pending_train(plan: Plan, store: Store, reporter: Reporter) -> list[TrainUnit]:
@@ -245,7 +263,7 @@ def pending_cams(plan: Plan, store: Store, reporter: Reporter, skip: set[str] = 
             predicted = np.load(folder / "predicted.npy") if plan.config.gate else None
             todo.append(dataclasses.replace(
                 unit, todo=tuple(missing), model_path=str(folder / "model.pt"),
-                output_stride=store.info("train", unit.train.key)["output_stride"],
+                output_stride=store.info("train", unit.train.key).get("output_stride", 32),
                 predicted=predicted))
     return todo
 

@@ -39,6 +39,7 @@ class RunConfig:
     cams: tuple[str, ...] = ("gradcam",)
     ensembles: tuple[str, ...] = ("and", "or")
     filters: tuple[str, ...] = ("none",)
+    methods: tuple[str, ...] = ()  # end-to-end methods (seam, wss-cmer) evaluated beside CAMs
     folds: int = 3
     epochs: int = 3
     batch_size: int = 16
@@ -107,6 +108,11 @@ class RunConfig:
             raise UsageError("--backbones: name at least one backbone")
         if not self.cams or not self.filters:
             raise UsageError("--cams and --filters: name at least one each")
+        if len(set(self.methods)) != len(self.methods):
+            raise UsageError(f"--methods {','.join(self.methods)}: a method is listed twice")
+        if clash := sorted(set(self.methods) & set(self.backbones)):
+            raise UsageError(f"--methods {','.join(clash)}: also named in --backbones; a "
+                             f"method and a backbone of one run need different names")
         if len(set(self.backbones)) != len(self.backbones):
             raise UsageError(f"--backbones {','.join(self.backbones)}: a backbone is listed twice")
         if self.cam_target not in CAM_TARGETS:
@@ -138,4 +144,6 @@ def settings_of(config: RunConfig, executor_options: tuple[str, ...] = ()) -> di
     and plugin options without those of ``executor_options`` (the executor's name)."""
     out = {k: v for k, v in asdict(config).items() if k not in EXECUTION_FIELDS}
     out["options"] = {k: v for k, v in config.options.items() if k not in executor_options}
+    if not out["methods"]:  # named only when set: runs without methods keep their settings
+        del out["methods"]
     return out

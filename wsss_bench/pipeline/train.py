@@ -30,7 +30,12 @@ class Trained:
 
 
 def train(unit: TrainUnit, ctx: Context) -> Trained:
-    """Train ``unit``'s classifier on its fold's training slices (the stage function)."""
+    """Train ``unit``'s classifier on its fold's training slices (the stage function); a
+    method's unit trains the method (:func:`wsss_bench.pipeline.methods.train_method`)."""
+    if unit.kind == "methods":
+        from wsss_bench.pipeline.methods import train_method
+
+        return train_method(unit, ctx)
     plan, data, device = ctx.plan, ctx.data, ctx.torch_device
     cfg = plan.config
     train_idx, val_idx = ctx.split(unit.fold)

@@ -202,3 +202,33 @@ def test_method_options_and_seeds_change_the_unit_keys(tmp_path):
     assert not base & other
     assert not base & keys(config(tmp_path, seed=1))
     assert base == keys(config(tmp_path))
+
+
+def test_seam_and_wss_cmer_rows_beside_cam_rows_on_a_two_channel_phantom(tmp_path, capsys):
+    """`wsss-bench run --methods seam,wss-cmer` on the phantom's two contrasts: each method's
+    maps get rows beside the classifier's (WSS-CMER one per modality), Grad-CAM runs on SEAM's
+    CAM head, and a one-channel phantom refuses WSS-CMER with one line (exit status 2)."""
+    from wsss_bench.cli import main
+
+    work, boards = tmp_path / "w", tmp_path / "b"
+    small = ["-o", "phantom.n_cases=6", "-o", "phantom.n_slices=4", "-o", "phantom.size=32",
+             "--folds", "2", "--epochs", "1", "--batch-size", "8", "--ensembles", "",
+             "--backbones", FIRST, "--workdir", str(work), "--leaderboard-dir", str(boards),
+             "--bootstrap", "0", "--no-figures", "-q"]
+    cheap = ["-o", "seam.backbone=timm:test_resnet", "-o", "seam.scales=1.0",
+             "-o", "wss-cmer.width=4"]
+    assert main(["run", *small, "-o", "wss-cmer.width=4", "--methods", "wss-cmer"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs at least 2 input channels" in err and "\n" not in err
+    assert main(["run", *small, *cheap, "-o", "phantom.channels=2",
+                 "--methods", "seam,wss-cmer"]) == 0
+    import json
+
+    board = json.loads((boards / "phantom.json").read_text())
+    rows = {r["method"] for r in board["rows"] if r["source"] == "measured"}
+    seam, cmer = "seam[backbone=timm:test_resnet,scales=1.0]", "wss-cmer[width=4]"
+    assert rows == {"Empty", f"{FIRST} / gradcam / none", f"{seam} / refined / none",
+                    f"{seam} / gradcam / none", f"{cmer} / modality-1 / none",
+                    f"{cmer} / modality-2 / none"}
+    assert all(r["dataset_options"]["channels"] == 2 for r in board["rows"]
+               if r["source"] == "measured")

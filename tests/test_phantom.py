@@ -183,6 +183,10 @@ def test_other_size_and_slice_count() -> None:
         {"seed": -1},
         {"noise": -0.1},
         {"contrast": 0.0},
+        {"channels": 0},
+        {"channels": 3},
+        {"channels": 2.0},
+        {"channels": True},
     ],
 )
 def test_invalid_parameters_raise(kwargs: dict) -> None:
@@ -212,3 +216,60 @@ def test_hook_registers_one_phantom_dataset() -> None:
     assert obj.name == "phantom"
     assert isinstance(obj, Dataset)
     assert isinstance(obj, Phantom)
+
+
+# --- the optional second channel (channels=2) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_channel() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    p = Phantom(n_cases=6, channels=2)
+    return [p.generate(i) for i in range(p.n_cases)]
+
+
+def test_channel_one_and_masks_identical_to_single_channel(
+    default_cases: list[Case], two_channel: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> None:
+    one = Phantom(n_cases=6)
+    for i, (images, masks, organ) in enumerate(two_channel):
+        _, _, organ1 = one.generate(i)
+        assert images.shape == (16, 2, 64, 64) and images.dtype == np.float32
+        np.testing.assert_array_equal(images[:, :1], default_cases[i].images)  # bit-identical
+        np.testing.assert_array_equal(masks, default_cases[i].masks)
+        np.testing.assert_array_equal(organ, organ1)
+    case = next(iter(Phantom(n_cases=2, channels=2).cases(None)))
+    assert case.images.shape == (16, 2, 64, 64) and case.masks.shape == (16, 64, 64)
+
+
+def test_second_channel_is_another_contrast_of_the_same_lesions(
+    two_channel: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> None:
+    checked = 0
+    for images, masks, organ in two_channel:
+        first, second = images[:, 0], images[:, 1]
+        assert np.isfinite(second).all() and second.min() >= 0.0 and second.max() <= 1.0
+        assert not np.allclose(first, second, atol=0.05)
+        assert second[~organ].mean() < 0.1, "background is dark"
+        assert second[organ & ~masks].mean() > first[organ & ~masks].mean() + 0.05
+        for s in np.flatnonzero(masks.any(axis=(1, 2))):
+            lesion = second[s][masks[s]].mean()
+            tissue = second[s][organ[s] & ~masks[s]].mean()
+            assert lesion < tissue - 0.02, "the lesion shows (hypo-intense) in channel 2"
+            checked += 1
+    assert checked > 20
+
+
+def test_second_channel_seeded_and_its_own_noise() -> None:
+    a = Phantom(n_cases=2, channels=2, seed=3).generate(1)[0]
+    b = Phantom(n_cases=2, channels=2, seed=3).generate(1)[0]
+    np.testing.assert_array_equal(a, b)
+    quiet = Phantom(n_cases=2, channels=2, seed=3, noise=0.0).generate(1)[0]
+    residual_1 = a[:, 0] - quiet[:, 0]
+    residual_2 = a[:, 1] - quiet[:, 1]
+    assert abs(np.corrcoef(residual_1.ravel(), residual_2.ravel())[0, 1]) < 0.1
+
+
+def test_channels_is_key_neutral_at_one() -> None:
+    assert Phantom.key_neutral == {"channels": 1}
+    assert Phantom().channels == 1
+    assert "key_neutral" not in {f.name for f in dataclasses.fields(Phantom)}

@@ -4,6 +4,11 @@ Each case is a stack of 2-D slices through a 3-D ellipsoidal "organ" with smooth
 multiplicative bias field, on a dark background. Zero to two bright, irregular 3-D lesions sit
 inside the organ; each spans several adjacent slices and shrinks toward its first and last
 slice. The mask is exactly the set of pixels that received lesion intensity. No files needed.
+
+With ``channels=2`` each slice has a second contrast of the same anatomy and lesions (as T2 and
+ADC, or FLAIR and T1): a brighter organ with partly its own texture, hypo-intense lesions of
+lower relative contrast, and its own noise. Its random numbers come from a generator of their
+own, so channel 1 is bit-identical to the ``channels=1`` output and the masks are the same.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,6 +31,11 @@ _LESION_COUNT_P = (0.1, 0.45, 0.45)  # probability of 0, 1, 2 lesions in a case
 _LESION_RADIUS = (6.0, 13.0)  # pixels at _REF_SIZE
 _LESION_CONTRAST = (0.25, 0.5)  # added to an organ at about 0.43, before the bias field
 _MIN_LESION_RADIUS = 3.0  # pixels, absolute: every positive slice shows a visible spot
+# Second contrast (channels=2): organ level, share of channel 1's texture in its own, and the
+# fraction of channel 1's lesion amount that is subtracted (hypo-intense lesions).
+_ORGAN_LEVEL_2 = (0.55, 0.65)
+_SHARED_TEXTURE_2 = 0.6
+_LESION_DROP_2 = (0.35, 0.55)
 
 
 def _smooth_noise(
@@ -81,6 +91,8 @@ class Phantom:
     download_note: ClassVar[str] = "it is generated: no files to download"
     cache_version: ClassVar[int] = 0
     cam_view: ClassVar[bool] = False
+    # options whose value here leaves unit keys as they were before the option existed
+    key_neutral: ClassVar[dict[str, Any]] = {"channels": 1}
     n_cases: int = option(24, "cases (patients) generated; at least 2; case i never depends "
                                  "on it")
     n_slices: int = option(16, "slices per case (the depth of each 3-D volume)")
@@ -91,6 +103,8 @@ class Phantom:
                                 "(Rician, as in MRI); 0 = none")
     contrast: float = option(1.0, "lesion intensity scale (1.0 = lesions 0.25-0.5 above an organ "
                                   "at about 0.43)")
+    channels: int = option(1, "image channels: 1, or 2 for a second contrast of the same "
+                              "anatomy (hypo-intense lesions); channel 1 stays the same")
 
     def __post_init__(self) -> None:
         problems = [
@@ -100,6 +114,7 @@ class Phantom:
                 ("n_slices", self.n_slices),
                 ("size", self.size),
                 ("seed", self.seed),
+                ("channels", self.channels),
             )
             if isinstance(v, bool) or not isinstance(v, int | np.integer)
         ]
@@ -117,6 +132,8 @@ class Phantom:
             problems.append(f"noise must be >= 0 (got {self.noise})")
         if not self.contrast > 0:
             problems.append(f"contrast must be > 0 (got {self.contrast})")
+        if self.channels not in (1, 2):
+            problems.append(f"channels must be 1 or 2 (got {self.channels})")
         if problems:
             raise ValueError("invalid phantom parameters: " + "; ".join(problems))
 
@@ -131,8 +148,9 @@ class Phantom:
         return Case(case_id=f"phantom_{index:03d}", images=images, masks=masks)
 
     def generate(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return ``images`` float32[S,1,H,W], lesion ``masks`` bool[S,H,W] and the ``organ``
-        bool[S,H,W] of case ``index``; every lesion pixel lies inside the organ."""
+        """Return ``images`` float32[S,C,H,W] (C = ``channels``), lesion ``masks`` bool[S,H,W]
+        and the ``organ`` bool[S,H,W] of case ``index``; every lesion pixel lies inside the
+        organ."""
         if index < 0:
             raise ValueError(f"case index must be >= 0 (got {index})")
         rng = np.random.default_rng([self.seed, index])
@@ -212,7 +230,28 @@ class Phantom:
         real = signal + self.noise * rng.standard_normal(signal.shape)
         imag = self.noise * rng.standard_normal(signal.shape)
         image = np.clip(np.hypot(real, imag), 0.0, 1.0).astype(np.float32)[:, None]
+        if self.channels == 2:
+            second = self._second_contrast(index, organ_soft, tex, lesion, bias)
+            image = np.concatenate([image, second[:, None]], axis=1)
         return image, masks, organ
+
+    def _second_contrast(self, index: int, organ_soft: np.ndarray, tex: np.ndarray,
+                         lesion: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Channel 2, float32[S,H,W], from its own generator (channel 1's stream untouched):
+        organ at 0.55-0.65 with a texture correlated 0.6 with channel 1's, lesions darker by
+        35-55 % of channel 1's lesion amount (never below the background), Rician noise."""
+        rng = np.random.default_rng([self.seed, index, 2])
+        n_s, size = self.n_slices, self.size
+        scale = size / _REF_SIZE
+        own = _smooth_noise(rng, (n_s, size, size), [(1.0, 2.0 * scale, 2.0 * scale)])
+        mix = _SHARED_TEXTURE_2 * tex + np.sqrt(1 - _SHARED_TEXTURE_2**2) * own
+        level = rng.uniform(*_ORGAN_LEVEL_2)
+        tissue = organ_soft * (level + 0.04 * mix)
+        drop = rng.uniform(*_LESION_DROP_2) * lesion
+        signal = np.maximum(_BACKGROUND + tissue - drop, _BACKGROUND) * bias
+        real = signal + self.noise * rng.standard_normal(signal.shape)
+        imag = self.noise * rng.standard_normal(signal.shape)
+        return np.clip(np.hypot(real, imag), 0.0, 1.0).astype(np.float32)
 
 
 @hookimpl

@@ -36,6 +36,7 @@ MODULES = {  # name -> (file, in the default set)
     "bootstrap": ("test_bootstrap_speed.py", True),
     "train": ("test_train_speed.py", True),
     "scaling": ("test_scaling.py", True),
+    "methods": ("test_method_cost.py", True),
     "memory": ("test_memory.py", False),
     "cams-perturbation": ("test_cam_perturbation_speed.py", False),
 }

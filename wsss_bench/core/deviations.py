@@ -216,6 +216,85 @@ DEVIATIONS: tuple[Deviation, ...] = (
         kind="default we chose",
         datasets=("decathlon",),
     ),
+    Deviation(
+        topic="SEAM: optimiser momentum",
+        paper="`tool/torchutils.py` `PolyOptimizer` calls `SGD(params, lr, weight_decay)`, so "
+              "the weight decay 5e-4 lands in SGD's momentum slot: momentum 5e-4, no weight "
+              "decay.",
+        here="SGD with momentum 0.9 and weight decay 5e-4 on the weights (`seam.momentum`, "
+             "`seam.weight_decay`), poly decay (power 0.9) as in the reference.",
+        why="A confirmed bug: the reference's call passes the arguments by position.",
+        kind="bug not copied", methods=("seam",),
+    ),
+    Deviation(
+        topic="SEAM: BatchNorm and backbone",
+        paper="`network/resnet38_SEAM.py`: an ImageNet-pretrained wide ResNet-38 (output stride "
+              "8) with every BatchNorm frozen; new layers at 10× (weights) and 20× (biases) the "
+              "learning rate; Dropout2d(0.5) before the CAM head.",
+        here="A backbone of the registry (`seam.backbone`, default resnet34 at output stride "
+             "16), randomly initialised like every classifier here, BatchNorm trained, one "
+             "learning rate (`seam.lr` 0.01), no dropout; the PCM reads the two stages before "
+             "the last, detached as in the reference.",
+        why="Frozen BatchNorm statistics cannot work from random initialisation, and the runs "
+            "here start from random weights (no hub); the paper's classifiers are ResNets.",
+        kind="default we chose", methods=("seam",),
+    ),
+    Deviation(
+        topic="SEAM: two classes, ECR and ER",
+        paper="`train_SEAM.py`: ECR averages the top int(21·h·w·0.2) differences (21 VOC "
+              "classes hard-coded: it crashes with 2 channels); ER is the mean over 20 "
+              "foreground channels, most of them zero for an image (an implicit small weight); "
+              "the second view is rescaled by 0.3.",
+        here="Two CAM channels (background, lesion); ECR's top-k from the actual channel count "
+             "(int(2·h·w·0.2)); ER's weight is an option (`seam.er_weight`, default 1); the "
+             "second view at 0.5 (`seam.view_scale`).",
+        why="A binary task; at 128 px and stride 16 a 0.3 view gives 2×2 CAMs.",
+        kind="bug not copied", methods=("seam",),
+    ),
+    Deviation(
+        topic="SEAM: inference",
+        paper="`infer_SEAM.py` multiplies each refined map by the image's ground-truth label "
+              "before summing over scales 0.5, 1, 1.5, 2 × flips.",
+        here="The refined lesion maps summed over `seam.scales` × flips and divided by their "
+             "maximum, without labels; `--gate` zeroes the slices SEAM's own classifier calls "
+             "negative.",
+        why="Ground-truth labels of the validation slices are not available to a weakly "
+            "supervised method at test time; the CAM rows do not get them either.",
+        kind="bug not copied", methods=("seam",),
+    ),
+    Deviation(
+        topic="WSS-CMER: crashes",
+        paper="`agents/wscmer.py` uses an undefined `HFlip` (NameError), and "
+              "`graphs/losses/CMER_loss.py` `MapLossL2Norm.forward` an undefined `epsilon`.",
+        here="The transform of both configs (`\"transformation\": \"all\"`: one of flip, "
+             "rot90, translate ≤ 30 %, rescale 0.8–1.2 per batch) and the loss's default "
+             "epsilon 1e-12.",
+        why="Code that cannot run is not copied; what the configs select is.",
+        kind="bug not copied", methods=("wss-cmer",),
+    ),
+    Deviation(
+        topic="WSS-CMER: normalisation and upsampling",
+        paper="The inference CAMs are min–max normalised over the whole batch (right only at "
+              "batch size 1); the U-Net's \"bilinear\" upsampling is `nn.Upsample("
+              "scale_factor=2)`, i.e. nearest.",
+        here="Each slice's CAM min–max normalised on its own onto [0, 1]; true bilinear "
+             "upsampling (align_corners=False).",
+        why="A slice's map must not depend on the other slices of its batch (the contract "
+            "kit checks it); bilinear is what the code names.",
+        kind="bug not copied", methods=("wss-cmer",),
+    ),
+    Deviation(
+        topic="WSS-CMER: model selection and randomness",
+        paper="Each network is kept at its best validation accuracy (of the last validation "
+              "batch only); the transforms are drawn with unseeded Python `random` and kornia "
+              "(per slice), on BraTS 2019 at 240 px with T1 and T2.",
+        here="The last epoch is kept; every draw comes from the unit's seeded generator, once "
+             "per batch (exact rot90, integer shifts); the dataset's own channels (one network "
+             "each) and folds, `--epochs` as for the classifiers.",
+        why="Choosing by validation accuracy would look at the held-out fold; the same seed "
+            "gives the same maps; every row is measured on the same folds and inputs.",
+        kind="default we chose", methods=("wss-cmer",),
+    ),
 )
 
 

@@ -43,11 +43,24 @@ def test_for_run_selects_the_entries_of_the_dataset():
         assert prostate not in deviations.for_run(dataset)
     assert prostate in deviations.for_run("decathlon")
     assert cam_input not in deviations.for_run("decathlon")
-    everywhere = [d for d in DEVIATIONS if not d.datasets]
+    everywhere = [d for d in DEVIATIONS if not d.datasets and not d.methods]
     assert everywhere and deviations.for_run("phantom") == everywhere
     for dataset in ("brats", "decathlon"):  # list order is kept
         chosen = deviations.for_run(dataset)
         assert chosen == [d for d in DEVIATIONS if d in chosen]
+
+
+def test_method_entries_concern_only_runs_that_use_the_method():
+    seam = [d for d in DEVIATIONS if d.methods == ("seam",)]
+    cmer = [d for d in DEVIATIONS if d.methods == ("wss-cmer",)]
+    assert len(seam) >= 3 and len(cmer) >= 3
+    assert not set(seam + cmer) & set(deviations.for_run("brats"))
+    with_seam = deviations.for_run("brats", ["seam"])
+    assert set(seam) <= set(with_seam) and not set(cmer) & set(with_seam)
+    assert set(seam + cmer) <= set(deviations.for_run("phantom", ("seam", "wss-cmer")))
+    text = deviations.render_markdown(seam[:1])
+    assert text.startswith(f"- **{seam[0].topic}** ({seam[0].kind}; all datasets; "
+                           f"`--methods seam`)\n  - Reference implementation: ")
 
 
 def test_readme_block_is_the_rendered_list():

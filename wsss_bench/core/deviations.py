@@ -284,7 +284,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         kind="bug not copied", methods=("wss-cmer",),
     ),
     Deviation(
-        topic="WSS-CMER: model selection and randomness",
+        topic="WSS-CMER: model selection, randomness",
         paper="Each network is kept at its best validation accuracy (of the last validation "
               "batch only); the transforms are drawn with unseeded Python `random` and kornia "
               "(per slice), on BraTS 2019 at 240 px with T1 and T2.",

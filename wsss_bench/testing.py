@@ -591,13 +591,19 @@ def check_method(obj: Any, n: int = 8, size: int = 32, batch_size: int = 4) -> N
     c.that(torch.equal(same[0], out[0]), "training twice with the same seed gives other maps")
     if obj.min_channels > 1:
         few = np.ascontiguousarray(images[:, : obj.min_channels - 1])
-        try:
-            obj.build(obj.min_channels - 1, method_context())
-        except ValueError as exc:
-            c.that("\n" not in str(exc), "the error for too few channels must be one line")
-        else:
-            raise AssertionError(f"{c.label}: build() with {few.shape[1]} channel(s) must "
-                                 f"raise ValueError (min_channels = {obj.min_channels})")
+        for what, call in (("build()", lambda: obj.build(few.shape[1], method_context())),
+                           ("train()", lambda: obj.train(few, labels, method_context()))):
+            try:
+                call()
+            except ValueError as exc:
+                c.that("\n" not in str(exc), f"{what}: the error for too few channels must "
+                                              f"be one line")
+            except Exception as exc:  # noqa: BLE001 (named in the failure)
+                raise AssertionError(f"{c.label}: {what} with {few.shape[1]} channel(s) raised "
+                                     f"{type(exc).__name__}, not ValueError") from exc
+            else:
+                raise AssertionError(f"{c.label}: {what} with {few.shape[1]} channel(s) must "
+                                     f"raise ValueError (min_channels = {obj.min_channels})")
     if obj.cam_head:
         logits = c.call("forward()", lambda: model(x))
         problem = contracts.logits_problem(logits, len(x), 2)

@@ -165,10 +165,12 @@ def poly_lr(base: float, step: int, steps: int) -> float:
 
 
 def cam_logits(cam: torch.Tensor) -> torch.Tensor:
-    """Slice logits [N,2] from CAM logits [N,2,H,W]: [0, mean of the lesion channel], so that
-    softmax(...)[1] = sigmoid(the lesion score) as trained by :func:`classification_loss`."""
+    """Slice logits [N,2] from CAM logits [N,2,H,W]: ±half the mean of the lesion channel, so
+    that softmax(...)[1] = sigmoid(the lesion score) as trained by :func:`classification_loss`
+    and both classes have a gradient (a Grad-CAM of the background class is the mirror of the
+    lesion class's, not all zeros: ``--cam-target predicted`` must not gate SEAM's rows)."""
     score = cam[:, 1].mean(dim=(1, 2))
-    return torch.stack([torch.zeros_like(score), score], dim=1)
+    return torch.stack([-score / 2, score / 2], dim=1)
 
 
 # --- the network ---------------------------------------------------------------------------
@@ -393,7 +395,8 @@ class Seam:
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """``refined`` [1,B,H,W]: the lesion channel of the PCM-refined CAM summed over
         ``scales`` × (image, flipped image; flipped back), each resized to H×W, divided per
-        sample by its max (+eps), a flat map all zeros; logits [B,2] of the unflipped pass
+        sample min–max as the reference (ReLU, (s − min − eps)⁺ / (max − min + eps)), a flat
+        map all zeros; logits [B,2] of the unflipped pass
         at scale 1. No labels used."""
         model.eval()
         b, _, h, w = images.shape
@@ -413,10 +416,12 @@ class Seam:
                 total += fg[:, 0].flip(-1) if flip else fg[:, 0]
         if logits is None:
             logits = model(images)
+        # the reference's normalisation (infer_SEAM.py): ReLU, then min–max with its epsilon
         total = F.relu(total)
         hi = total.amax(dim=(1, 2), keepdim=True)
         lo = total.amin(dim=(1, 2), keepdim=True)
-        out = torch.where(hi - lo <= FLAT_RTOL * hi, torch.zeros_like(total), total / (hi + EPS))
+        out = torch.where(hi - lo <= FLAT_RTOL * hi, torch.zeros_like(total),
+                          F.relu(total - lo - EPS) / (hi - lo + EPS))
         return out.clamp(0, 1)[None].float(), logits.float()
 
 

@@ -173,9 +173,9 @@ def make_maps(unit: Any, ctx: Any) -> Any:
     for name in [c for c in unit.todo if c not in outputs]:  # CAM methods on its CAM head
         t0 = time.perf_counter()
         who = guards.label("methods", method, plan.versions)
-        layer = guards.call(who, method.target_layer, model)
         out = np.empty((len(images), *images.shape[2:]), dtype=np.float16)
-        try:
+        try:  # a failing target layer fails this CAM method only, not the outputs made above
+            layer = guards.call(who, method.target_layer, model)
             maps[name] = compute_cams(ctx.plugin("cams", name), model, layer, images,
                                       plan.config.cam_batch_size, ctx.torch_device,
                                       target=plan.config.cam_target, gate=gate, amp=plan.amp,

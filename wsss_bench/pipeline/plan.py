@@ -264,8 +264,9 @@ class Plan:
         plan = dataclasses.replace(self, data_origin=origin, in_chans=int(shape[1]),
                                    image_size=int(shape[-1]),
                                    folds=tuple(tuple(f) for f in folds),
-                                   outputs={m: tuple(o) for m, o in (outputs or {}).items()})
+                                   outputs=dict(outputs or {}))
         plan._check_methods()
+        plan = dataclasses.replace(plan, outputs={m: tuple(o) for m, o in plan.outputs.items()})
         cases = sorted(set(case_ids))
         train = tuple(plan._train_unit(cases, seed, fold, b) for seed in plan.seeds
                       for fold in range(len(folds)) for b in plan.config.backbones)
@@ -292,9 +293,11 @@ class Plan:
                     f"more modalities (e.g. -o phantom.channels=2 or -o brats.modalities="
                     f"flair,t1ce) or drop {name}")
             names = self.outputs.get(name, ())
-            if not names or len(set(names)) != len(names):
+            if (not isinstance(names, tuple | list) or not names
+                    or not all(isinstance(o, str) and o and "/" not in o for o in names)
+                    or len(set(names)) != len(names)):
                 raise UsageError(f"method {name!r}: outputs() returned {names!r}; expected "
-                                 f"distinct names; fix the method plugin")
+                                 f"distinct non-empty names without '/'; fix the method plugin")
             if name in self.cam_heads and (clash := set(names) & set(self.config.cams)):
                 raise UsageError(f"method {name!r}: output(s) {sorted(clash)} have the names "
                                  f"of CAM methods of this run; drop them from --cams")

@@ -213,7 +213,7 @@ def method_outputs(ctx: Context, in_chans: int) -> dict[str, tuple[str, ...]]:
             continue
         names = guards.call(guards.label("methods", method, ctx.plan.versions),
                             method.outputs, in_chans)
-        out[name] = tuple(names) if isinstance(names, tuple | list) else ()
+        out[name] = names  # checked by the plan
     return out
 
 

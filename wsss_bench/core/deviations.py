@@ -255,9 +255,9 @@ DEVIATIONS: tuple[Deviation, ...] = (
         topic="SEAM: inference",
         paper="`infer_SEAM.py` multiplies each refined map by the image's ground-truth label "
               "before summing over scales 0.5, 1, 1.5, 2 × flips.",
-        here="The refined lesion maps summed over `seam.scales` × flips and divided by their "
-             "maximum, without labels; `--gate` zeroes the slices SEAM's own classifier calls "
-             "negative.",
+        here="The refined lesion maps summed over `seam.scales` × flips and min–max normalised "
+             "per slice as the reference does, without labels; `--gate` zeroes the slices "
+             "SEAM's own classifier calls negative.",
         why="Ground-truth labels of the validation slices are not available to a weakly "
             "supervised method at test time; the CAM rows do not get them either.",
         kind="bug not copied", methods=("seam",),

@@ -127,7 +127,7 @@ CAM_RUN = ["--backbones", "resnet18", "--cams", "gradcam,faultycam", "--ensemble
 
 @pytest.mark.parametrize(("fault", "problem"), [
     ("nan", "returned NaN in "),
-    ("range", "a CAM must lie in [0, 1]"),
+    ("range", "a map must lie in [0, 1]"),
     ("shape", "returned shape ("),
     ("raise", "raised RuntimeError: faultycam exploded"),
 ])

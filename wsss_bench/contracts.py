@@ -468,24 +468,30 @@ def _non_finite(values: np.ndarray) -> str:
     return f"{what} in {int(bad.sum())} of {values.size} values"
 
 
+def _map_problem(out: Any, shape: tuple[int, ...], expected: tuple[int, ...], layout: str,
+                 verb: str = "returned") -> str:
+    """A float ``torch.Tensor`` of ``expected`` shape (for images ``shape``), finite, within
+    [0, 1]: what is wrong, each message starting with ``verb``."""
+    if not isinstance(out, torch.Tensor):
+        return f"{verb} a {type(out).__name__}, not a torch.Tensor {layout}"
+    values = _values(out)
+    if tuple(values.shape) != expected:
+        return (f"{verb} shape {tuple(values.shape)} for images {tuple(shape)}; "
+                f"expected {expected}")
+    if not np.issubdtype(values.dtype, np.floating):
+        return f"{verb} dtype {values.dtype}; expected a floating-point map"
+    if wrong := _non_finite(values):
+        return f"{verb} {wrong}"
+    low, high = float(values.min()), float(values.max())
+    if low < -CAM_TOLERANCE or high > 1 + CAM_TOLERANCE:
+        return f"{verb} values in [{low:.4g}, {high:.4g}]; a map must lie in [0, 1]"
+    return ""
+
+
 def cam_output_problem(out: Any, shape: tuple[int, ...]) -> str:
     """A CAM method's output for a batch of images ``shape`` [B,C,H,W]: a float
     ``torch.Tensor`` [B,H,W], finite, within [0, 1]."""
-    expected = (shape[0], *shape[2:])
-    if not isinstance(out, torch.Tensor):
-        return f"returned a {type(out).__name__}, not a torch.Tensor [B,H,W]"
-    values = _values(out)
-    if tuple(values.shape) != expected:
-        return (f"returned shape {tuple(values.shape)} for images {tuple(shape)}; "
-                f"expected {expected}")
-    if not np.issubdtype(values.dtype, np.floating):
-        return f"returned dtype {values.dtype}; expected a floating-point map"
-    if wrong := _non_finite(values):
-        return f"returned {wrong}"
-    low, high = float(values.min()), float(values.max())
-    if low < -CAM_TOLERANCE or high > 1 + CAM_TOLERANCE:
-        return f"returned values in [{low:.4g}, {high:.4g}]; a CAM must lie in [0, 1]"
-    return ""
+    return _map_problem(out, shape, (shape[0], *shape[2:]), "[B,H,W]")
 
 
 def mask_output_problem(out: Any, expected: tuple[int, ...], what: str) -> str:
@@ -555,18 +561,8 @@ def method_maps_problem(out: Any, shape: tuple[int, ...], k: int) -> str:
     if not isinstance(out, tuple) or len(out) != 2:
         return f"maps returned a {type(out).__name__}; expected a pair (maps, logits)"
     maps, logits = out
-    expected = (k, shape[0], *shape[2:])
-    if not isinstance(maps, torch.Tensor):
-        return f"maps returned maps of type {type(maps).__name__}, not a torch.Tensor [K,B,H,W]"
-    values = _values(maps)
-    if tuple(values.shape) != expected:
-        return (f"maps returned maps of shape {tuple(values.shape)} for images {tuple(shape)}; "
-                f"expected {expected} (K = {k} outputs)")
-    if not np.issubdtype(values.dtype, np.floating):
-        return f"maps returned maps of dtype {values.dtype}; expected floating point"
-    if wrong := _non_finite(values):
-        return f"maps returned {wrong} in its maps"
-    low, high = float(values.min()), float(values.max())
-    if low < -CAM_TOLERANCE or high > 1 + CAM_TOLERANCE:
-        return f"maps returned values in [{low:.4g}, {high:.4g}]; maps must lie in [0, 1]"
+    problem = _map_problem(maps, shape, (k, shape[0], *shape[2:]), f"[K,B,H,W] (K = {k})",
+                           "maps returned maps:")
+    if problem:
+        return problem
     return logits_problem(logits, shape[0], 2)

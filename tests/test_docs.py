@@ -43,7 +43,7 @@ def test_every_kind_has_one_documented_register_hook():
         assert f"`{name}`" in (ROOT / "CONTRIBUTING.md").read_text()
 
 
-@pytest.mark.parametrize("name", ["phantom", "brats-sample"])
+@pytest.mark.parametrize("name", ["phantom", "brats-sample", "phantom-methods"])
 def test_committed_leaderboards_are_real_runs_with_their_command(name):
     """Each committed board: JSON is the source of truth, the markdown is rendered from it, the
     header states the command, and every measured row was made by that command."""
@@ -60,7 +60,7 @@ def test_committed_leaderboards_are_real_runs_with_their_command(name):
     assert f"- Reproduce: `{board['command']}`" in leaderboard.render_markdown(board)
 
 
-@pytest.mark.parametrize("name", ["phantom", "brats-sample"])
+@pytest.mark.parametrize("name", ["phantom", "brats-sample", "phantom-methods"])
 def test_committed_leaderboards_carry_their_figures_and_web_page(name):
     """Each committed board lists its figures (all there, PNG), the markdown links them, and
     the web page is rendered from the JSON."""
@@ -81,7 +81,7 @@ def test_committed_leaderboards_carry_their_figures_and_web_page(name):
         ")", " ").split())
 
 
-@pytest.mark.parametrize("name", ["phantom", "brats-sample"])
+@pytest.mark.parametrize("name", ["phantom", "brats-sample", "phantom-methods"])
 def test_committed_leaderboards_carry_reproducible_statistics(name):
     """Every measured row of a committed board has its per-case results and statistics, and
     recomputing them from the per-case results with the recorded settings gives the same."""

@@ -147,7 +147,8 @@ def test_plugins_json_gives_every_plugin_its_options():
     entries = {e["name"]: e for e in json.loads(done.stdout)}
     assert all(isinstance(e["options"], list) for e in entries.values())
     phantom = {o["name"]: o for o in entries["phantom"]["options"]}
-    assert list(phantom) == ["n_cases", "n_slices", "size", "seed", "noise", "contrast"]
+    assert list(phantom) == ["n_cases", "n_slices", "size", "seed", "noise", "contrast",
+                             "channels"]
     assert phantom["size"] == {"name": "size", "type": "int", "default": 64, "value": 64,
                                "help": phantom["size"]["help"]}
     assert phantom["noise"]["default"] == 0.03 and "Rician" in phantom["noise"]["help"]
